@@ -1,0 +1,103 @@
+"""The backend end to end in this process: each mode, the store answering first, a corrupt entry."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from torch_kevolve import stats
+from torch_kevolve.config import Settings
+from torch_kevolve.lowering import REPORTS
+from torch_kevolve.store import KernelStore
+
+
+class OneBag(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bag = nn.EmbeddingBag(50, 8, mode="mean")
+
+    def forward(self, idx, off, x):
+        return self.bag(idx, off) * x
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(3)
+    idx = torch.randint(0, 50, (30,), generator=g)
+    off = torch.tensor([0, 0, 4, 11, 20, 20, 29])
+    return idx, off, torch.randn(7, 8, generator=g)
+
+
+def _run(options: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    torch._dynamo.reset()
+    REPORTS.clear()
+    stats.reset()
+    torch.manual_seed(0)
+    m = OneBag().eval()
+    inp = _inputs()
+    opts = {"fx_graph_cache": False, **options}
+    with torch.no_grad(), torch._functorch.config.patch(enable_autograd_cache=False):
+        return torch.compile(m, backend="kevolve", options=opts)(*inp), m(*inp)
+
+
+def _decisions() -> list[str]:
+    return [f.decision for rep in REPORTS for f in rep if f.family == "embedding_bag"]
+
+
+def test_off_is_plain_inductor(store_dir):
+    out, ref = _run({"mode": "off"})
+    torch.testing.assert_close(out, ref)
+    assert not REPORTS and stats.snapshot().get("searches", 0) == 0
+
+
+def test_offline_queues_and_keeps_inductor(store_dir):
+    out, ref = _run({"mode": "offline"})
+    torch.testing.assert_close(out, ref)
+    q = [json.loads(l) for l in (store_dir / "queue.jsonl").read_text().splitlines()]
+    assert len(q) == 1 and q[0]["spec"]["family"] == "embedding_bag"
+    assert stats.snapshot().get("searches", 0) == 0 and stats.snapshot().get("kernel_calls", 0) == 0
+    assert _decisions() == ["Inductor (queued for prewarm)"]
+
+
+def test_jit_then_cache_then_corrupt(store_dir, caplog):
+    out, ref = _run({"mode": "cache"})  # empty store: nothing used, nothing searched
+    torch.testing.assert_close(out, ref)
+    assert stats.snapshot().get("searches", 0) == 0 and _decisions() == ["Inductor (cache mode, not stored)"]
+
+    out, ref = _run({"mode": "jit", "max_candidates": 2})
+    torch.testing.assert_close(out, ref)
+    assert stats.snapshot()["searches"] == 1 and stats.snapshot()["kernel_calls"] >= 1
+    entries = list(KernelStore.from_settings(Settings.from_env()).entries())
+    assert len(entries) == 1 and entries[0].meta["evidence"]["checks"] >= 3
+
+    out, ref = _run({"mode": "cache"})  # now served from the store
+    torch.testing.assert_close(out, ref)
+    assert stats.snapshot().get("searches", 0) == 0 and stats.snapshot()["store_hits"] == 1
+    assert stats.snapshot()["kernel_calls"] >= 1
+
+    # corrupt the entry: skipped with a warning, the model still runs (Inductor's lowering)
+    path = next(store_dir.rglob("*.json"))
+    path.write_text(path.read_text().replace('"mode"', '"mdoe"', 1))
+    with caplog.at_level(logging.WARNING, logger="torch_kevolve"):
+        out, ref = _run({"mode": "cache"})
+    torch.testing.assert_close(out, ref)
+    assert stats.snapshot().get("kernel_calls", 0) == 0
+    assert any("checksum" in r.getMessage() or "corrupt" in r.getMessage().lower() for r in caplog.records)
+
+
+def test_training_graph_is_left_to_inductor(store_dir):
+    torch._dynamo.reset()
+    REPORTS.clear()
+    stats.reset()
+    m = OneBag()
+    idx, off, x = _inputs()
+    with torch._functorch.config.patch(enable_autograd_cache=False):
+        out = torch.compile(m, backend="kevolve", options={"fx_graph_cache": False, "mode": "jit"})(idx, off, x)
+    out.sum().backward()
+    ref_m = OneBag()
+    ref_m.load_state_dict(m.state_dict())
+    torch.testing.assert_close(out, ref_m(idx, off, x))
+    assert stats.snapshot().get("searches", 0) == 0
+    assert any("training" in f.detail for rep in REPORTS for f in rep)

@@ -1,0 +1,73 @@
+"""Settings: environment knobs (``KEVOLVE_*``) overridable by the backend's ``options``."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+MODES = ("jit", "offline", "cache", "off")
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("KEVOLVE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "torch_kevolve"
+
+
+def shipped_cache_dir() -> Path:
+    """The repo's ``kernel_cache/``: pre-searched kernels shipped read-only with the package."""
+    env = os.environ.get("KEVOLVE_SHIPPED_DIR")
+    if env is not None:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "kernel_cache"
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str = "jit"
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    shipped_dir: Path | None = field(default_factory=shipped_cache_dir)
+    search_budget_s: float = 120.0  # JIT: wall-time budget per key
+    lock_timeout_s: float = 300.0  # JIT: how long to wait for another process searching the key
+    seeds: int = 3  # verification seeds per candidate
+    max_candidates: int = -1  # per search; -1: auto (4 under the CPU interpreter, unbounded on GPU)
+    route: str = "auto"  # "auto" | "triton" (Inductor user-defined kernel) | "custom_op"
+
+    @staticmethod
+    def from_env(options: dict[str, Any] | None = None) -> "Settings":
+        s = Settings()
+        env = {
+            "mode": os.environ.get("KEVOLVE_MODE"),
+            "cache_dir": os.environ.get("KEVOLVE_CACHE_DIR"),
+            "search_budget_s": os.environ.get("KEVOLVE_SEARCH_BUDGET_S"),
+            "lock_timeout_s": os.environ.get("KEVOLVE_LOCK_TIMEOUT_S"),
+            "seeds": os.environ.get("KEVOLVE_SEEDS"),
+            "max_candidates": os.environ.get("KEVOLVE_MAX_CANDIDATES"),
+            "route": os.environ.get("KEVOLVE_ROUTE"),
+        }
+        merged = {k: v for k, v in env.items() if v not in (None, "")}
+        merged.update({k: v for k, v in (options or {}).items() if v is not None})
+        known = {f.name: f for f in fields(Settings)}
+        unknown = set(merged) - set(known)
+        if unknown:
+            raise ValueError(f"unknown kevolve option(s): {sorted(unknown)}; known: {sorted(known)}")
+        conv: dict[str, Any] = {}
+        for k, v in merged.items():
+            if k in ("cache_dir", "shipped_dir"):
+                conv[k] = None if v is None else Path(v).expanduser()
+            elif k in ("search_budget_s", "lock_timeout_s"):
+                conv[k] = float(v)
+            elif k in ("seeds", "max_candidates"):
+                conv[k] = int(v)
+            else:
+                conv[k] = str(v)
+        s = replace(s, **conv)
+        if s.mode not in MODES:
+            raise ValueError(f"KEVOLVE_MODE / mode must be one of {MODES}, got {s.mode!r}")
+        if s.route not in ("auto", "triton", "custom_op"):
+            raise ValueError(f"KEVOLVE_ROUTE / route must be auto, triton or custom_op, got {s.route!r}")
+        return s

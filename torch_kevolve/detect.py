@@ -1,0 +1,120 @@
+"""Find the long-tail nodes of a post-grad FX graph.
+
+A node is long-tail when Inductor will not generate code for it on this device:
+* it is in Inductor's fallback set (``make_fallback``) or has no lowering at all;
+* its lowering exists only for Triton devices and the graph runs on another device (conditional
+  fallbacks inside the lowering functions, listed below by reading ``torch/_inductor/lowering.py``);
+* it is a custom op with no kernel for the device's dispatch key.
+Each finding says why; the pass then asks the op's family (if any) whether it can serve the node.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from .families import Match, Skip, family_for_op
+
+log = logging.getLogger("torch_kevolve")
+
+# Lowerings that call ``fallback_handler`` unless the device is a Triton device.
+_TRITON_ONLY = {
+    "aten.sort.default", "aten.sort.stable", "aten.searchsorted.Tensor", "aten.searchsorted.Scalar",
+    "aten.bucketize.Tensor", "aten.cumsum.default", "aten.cumprod.default", "aten.cummax.default",
+    "aten.cummin.default", "aten.logcumsumexp.default",
+}
+_CORE_NAMESPACES = {"aten", "prims", "_c10d_functional", "c10d_functional", "kevolve", "higher_order", "quantized_decomposed"}
+
+
+def op_name(target: Any) -> str:
+    if isinstance(target, torch._ops.OpOverload):
+        return f"{target.namespace}.{target._opname}.{target._overloadname}"
+    return getattr(target, "__name__", str(target))
+
+
+def node_device(node: fx.Node) -> torch.device | None:
+    def dev(v: Any) -> torch.device | None:
+        if isinstance(v, torch.Tensor):
+            return v.device
+        if isinstance(v, (list, tuple)):
+            for x in v:
+                d = dev(x)
+                if d is not None:
+                    return d
+        return None
+
+    for a in node.all_input_nodes:
+        d = dev(a.meta.get("val"))
+        if d is not None:
+            return d
+    return dev(node.meta.get("val"))
+
+
+def long_tail_reason(node: fx.Node) -> str | None:
+    """Why Inductor will not generate code for this node on its device, or None."""
+    if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+        return None
+    from torch._inductor import lowering as L
+
+    target = node.target
+    name = op_name(target)
+    device = node_device(node)
+    if target.namespace not in _CORE_NAMESPACES:
+        key = "CUDA" if device is not None and device.type == "cuda" else "CPU"
+        qual = f"{target.namespace}::{target._opname}"
+        has = torch._C._dispatch_has_kernel_for_dispatch_key(qual, key) or torch._C._dispatch_has_kernel_for_dispatch_key(
+            qual, "CompositeExplicitAutograd"
+        ) or torch._C._dispatch_has_kernel_for_dispatch_key(qual, "CompositeImplicitAutograd")
+        if not has:
+            return f"custom op with no {key} kernel"
+        return "custom op (opaque to Inductor: called as an ATen fallback)"
+    if target.namespace != "aten":
+        return None
+    if target in L.fallbacks or target.overloadpacket in L.fallbacks:
+        return "Inductor fallback (make_fallback): calls the ATen kernel"
+    if target not in L.lowerings and target.overloadpacket not in L.lowerings:
+        return "no Inductor lowering: calls the ATen kernel"
+    if name in _TRITON_ONLY and device is not None and device.type not in ("cuda", "xpu"):
+        return f"lowered for Triton devices only: falls back to ATen on {device.type}"
+    return None
+
+
+@dataclass
+class Finding:
+    node: str
+    op: str
+    reason: str
+    family: str | None
+    status: str  # "candidate" | "skipped" | "no family"
+    detail: str = ""
+    key: str | None = None
+    decision: str = ""  # filled by the pass: "stored kernel", "searched", "queued", ...
+    match: Match | None = field(default=None, repr=False)
+
+
+def detect(graph: fx.Graph) -> list[Finding]:
+    findings: list[Finding] = []
+    for node in graph.nodes:
+        reason = long_tail_reason(node)
+        if reason is None:
+            continue
+        name = op_name(node.target)
+        fam = family_for_op(name)
+        if fam is None:
+            findings.append(Finding(node.name, name, reason, None, "no family", "no template family or synthesizer for this op yet"))
+            continue
+        try:
+            m = fam.match(node)
+        except Exception as e:  # noqa: BLE001 - a detection bug must not break the user's compile
+            log.warning("kevolve: %s.match failed on %s: %s", fam.name, node.name, e)
+            m = Skip(f"match error: {type(e).__name__}: {e}")
+        if isinstance(m, Skip):
+            findings.append(Finding(node.name, name, reason, fam.name, "skipped", m.reason))
+        else:
+            findings.append(Finding(node.name, name, reason, fam.name, "candidate", m.spec.describe(), m.spec.key, match=m))
+    for f in findings:
+        log.info("kevolve detect: %s %s — %s; %s %s", f.node, f.op, f.reason, f.status, f.detail)
+    return findings

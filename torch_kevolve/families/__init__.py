@@ -1,0 +1,41 @@
+"""Registry of op families: one module per family, registered by name and by op overload."""
+from __future__ import annotations
+
+from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip
+
+_FAMILIES: dict[str, OpFamily] = {}
+_BY_OP: dict[str, OpFamily] = {}
+
+
+def register(family: OpFamily) -> OpFamily:
+    _FAMILIES[family.name] = family
+    for op in family.ops:
+        _BY_OP[op] = family
+    return family
+
+
+def _load_builtin() -> None:
+    if _FAMILIES:
+        return
+    from . import embedding_bag  # noqa: F401  (registers itself)
+
+
+def get_family(name: str) -> OpFamily:
+    _load_builtin()
+    return _FAMILIES[name]
+
+
+def family_for_op(op_name: str) -> OpFamily | None:
+    _load_builtin()
+    return _BY_OP.get(op_name)
+
+
+def all_families() -> list[OpFamily]:
+    _load_builtin()
+    return list(_FAMILIES.values())
+
+
+__all__ = [
+    "CallPlan", "Candidate", "In", "Match", "OpFamily", "Out", "OutBuf", "Skip",
+    "register", "get_family", "family_for_op", "all_families",
+]

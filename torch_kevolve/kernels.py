@@ -1,0 +1,145 @@
+"""Turning kernel source into launchable Triton functions, and launching them by call plan.
+
+Triton's compiler reads a kernel's source through ``inspect``, so kernels built with ``exec`` run in
+the interpreter but not on a GPU. Sources are therefore written to content-addressed files and
+imported. Inductor's user-defined-kernel path reads the same file.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Sequence
+
+import torch
+
+from .families.base import CallPlan, In, Out
+
+_lock = threading.Lock()
+_modules: dict[str, ModuleType] = {}
+
+
+def module_dir() -> Path:
+    env = os.environ.get("KEVOLVE_MODULE_DIR")
+    d = Path(env) if env else Path(tempfile.gettempdir()) / f"torch_kevolve_modules_{os.getuid()}"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def source_hash(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+def needs_interpreter(device: torch.device | str) -> bool:
+    """Kernels for a device without a Triton backend run in Triton's interpreter."""
+    return torch.device(device).type not in ("cuda", "xpu")
+
+
+@contextlib.contextmanager
+def _interpret_env(interpret: bool | None):
+    if interpret is None or bool(os.environ.get("TRITON_INTERPRET") == "1") == interpret:
+        yield
+        return
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+
+
+def load_module(source: str, interpret: bool | None = None) -> ModuleType:
+    """Import ``source`` as a module (once per process per distinct source and mode).
+
+    ``interpret``: decorate its kernels for Triton's interpreter (CPU tensors) or not; None follows
+    ``TRITON_INTERPRET``. ``@triton.jit`` reads that variable when it decorates, hence the switch here.
+    """
+    h = source_hash(source)
+    if interpret is None:
+        interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    h_mode = h + (":i" if interpret else ":c")
+    with _lock:
+        mod = _modules.get(h_mode)
+        if mod is not None:
+            return mod
+        path = module_dir() / f"kevolve_{h[:24]}.py"
+        if not path.exists() or path.read_text() != source:
+            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_text(source)
+            os.replace(tmp, path)
+        name = f"torch_kevolve._gen.k_{h[:24]}_{'i' if interpret else 'c'}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        try:
+            with _interpret_env(interpret):
+                spec.loader.exec_module(mod)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
+        _modules[h_mode] = mod
+        return mod
+
+
+def _poison(buf: torch.Tensor) -> None:
+    if buf.is_floating_point():
+        buf.fill_(float("nan"))
+    elif buf.dtype == torch.bool:
+        buf.fill_(True)
+    else:
+        buf.fill_(torch.iinfo(buf.dtype).min + 7)
+
+
+def allocate_outputs(plan: CallPlan, device: torch.device, poison: bool = False) -> list[torch.Tensor]:
+    outs = []
+    for ob in plan.outputs:
+        dt = getattr(torch, ob.dtype)
+        if ob.fill is None:
+            t = torch.empty(ob.shape, dtype=dt, device=device)
+            if poison:
+                _poison(t)
+        else:
+            t = torch.full(ob.shape, ob.fill, dtype=dt, device=device)
+        outs.append(t)
+    return outs
+
+
+def bind_args(plan: CallPlan, inputs: Sequence[torch.Tensor | None], outs: Sequence[torch.Tensor]) -> dict:
+    kwargs = {}
+    for name, v in plan.args:
+        if isinstance(v, In):
+            kwargs[name] = inputs[v.i]
+        elif isinstance(v, Out):
+            kwargs[name] = outs[v.j]
+        else:
+            kwargs[name] = v
+    return kwargs
+
+
+def launch(
+    module: ModuleType,
+    plan: CallPlan,
+    inputs: Sequence[torch.Tensor | None],
+    device: torch.device | None = None,
+    poison: bool = False,
+    outs: list[torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
+    """Allocate the plan's outputs and launch the kernel on them. Capturable: no host syncs."""
+    if device is None:
+        device = next(t.device for t in inputs if t is not None)
+    if outs is None:
+        outs = allocate_outputs(plan, device, poison=poison)
+    if all(g > 0 for g in plan.grid):
+        fn = getattr(module, plan.kernel)
+        fn[tuple(plan.grid)](**bind_args(plan, inputs, outs), num_warps=plan.num_warps, num_stages=plan.num_stages)
+    return outs

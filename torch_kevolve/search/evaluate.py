@@ -1,0 +1,187 @@
+"""Score one candidate: compile → verify → time, each failure a value with diagnostics.
+
+This is the in-process evaluator the Foundation search uses; the isolated, parallel harness
+(issue 3) keeps the same ``ScoredResult``/``Diagnostics`` contract.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..families.base import Candidate, OpFamily
+from ..kernels import launch, load_module, needs_interpreter
+from ..spec import OpSpec
+
+Timer = Callable[[Callable[[], Any]], float]  # returns milliseconds
+
+
+def _cpu_timer(fn: Callable[[], Any]) -> float:
+    fn()
+    samples = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+def _gpu_timer(fn: Callable[[], Any]) -> float:
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def default_timer(device: torch.device | str) -> Timer:
+    """do_bench (median, L2 flushed by Triton between runs) on GPU; wall clock on CPU, where the
+    interpreter makes times meaningless — they only order candidates reproducibly enough to test."""
+    return _gpu_timer if torch.device(device).type == "cuda" else _cpu_timer
+
+
+@dataclass
+class Diagnostics:
+    stage: str = "ok"  # "ok" | "compile" | "plan" | "verify" | "time"
+    error: str | None = None
+    case: str | None = None  # the failing input set
+    max_abs_err: float | None = None
+    max_rel_err: float | None = None
+    where: list[int] | None = None  # index of the worst element
+    cases_checked: int = 0
+
+    def summary(self) -> str:
+        if self.stage == "ok":
+            return f"ok ({self.cases_checked} input sets)"
+        s = f"{self.stage} failed"
+        if self.case:
+            s += f" on {self.case}"
+        if self.max_abs_err is not None:
+            s += f": max abs err {self.max_abs_err:.3g} at {self.where}"
+        if self.error:
+            s += f": {self.error.splitlines()[-1][:300] if self.error.strip() else ''}"
+        return s
+
+
+@dataclass
+class ScoredResult:
+    candidate: Candidate
+    ok: bool
+    time_ms: float | None
+    diagnostics: Diagnostics
+    evidence: dict = field(default_factory=dict)
+
+
+def compare(out: torch.Tensor, ref: torch.Tensor, rtol: float, atol: float) -> tuple[bool, float, float, list[int] | None]:
+    """Closeness with NaN never passing unless the reference has NaN at the same place."""
+    if out.shape != ref.shape:
+        return False, math.inf, math.inf, None
+    if out.numel() == 0:
+        return True, 0.0, 0.0, None
+    o = out.detach().to(torch.float64).cpu()
+    r = ref.detach().to(torch.float64).cpu()
+    nan_o, nan_r = torch.isnan(o), torch.isnan(r)
+    bad = nan_o != nan_r
+    both = ~(nan_o | nan_r)
+    inf_mismatch = both & (torch.isinf(o) | torch.isinf(r)) & (o != r)
+    diff = torch.where(both & ~torch.isinf(r), (o - r).abs(), torch.zeros_like(o))
+    tol = atol + rtol * r.abs().nan_to_num(0.0, posinf=0.0, neginf=0.0)
+    bad = bad | inf_mismatch | (diff > tol)
+    max_abs = float(diff.max()) if diff.numel() else 0.0
+    rel = diff / r.abs().clamp_min(1e-30)
+    max_rel = float(rel[both].max()) if bool(both.any()) else 0.0
+    if bool(bad.any()):
+        flat = int(torch.nonzero(bad.flatten())[0])
+        where = list(torch.unravel_index(torch.tensor(flat), bad.shape))
+        return False, max(max_abs, math.inf if bool((nan_o != nan_r).any()) else 0.0), max_rel, [int(w) for w in where]
+    return True, max_abs, max_rel, None
+
+
+class Evaluator:
+    """Evaluates candidates for one spec. The timer is injected (tests pass a cost model)."""
+
+    def __init__(
+        self,
+        family: OpFamily,
+        spec: OpSpec,
+        device: torch.device | str | None = None,
+        timer: Timer | None = None,
+        seeds: int = 3,
+        seed_base: int = 0,
+        edge_cases: bool = True,
+    ) -> None:
+        self.family = family
+        self.spec = spec
+        self.device = torch.device(device or spec.device.type)
+        self.timer = timer or default_timer(self.device)
+        self.seeds = [seed_base + 1000 * i + 17 for i in range(seeds)]
+        self._cases: list[tuple[str, OpSpec, list]] | None = None
+        self._want_edges = edge_cases
+
+    def cases(self) -> list[tuple[str, OpSpec, list]]:
+        if self._cases is None:
+            cases = [(f"seed{s}", self.spec, self.family.make_inputs(self.spec, s)) for s in self.seeds]
+            if self._want_edges:
+                cases += [(f"edge:{n}", sp, inp) for n, sp, inp in self.family.edge_cases(self.spec)]
+            refs = []
+            for name, sp, inp in cases:
+                refs.append((name, sp, inp, self.family.reference(sp, inp)))
+            self._cases = refs  # type: ignore[assignment]
+        return self._cases  # type: ignore[return-value]
+
+    def verify(self, cand: Candidate, module: Any) -> Diagnostics:
+        n = 0
+        for name, sp, inputs, refs in self.cases():  # type: ignore[misc]
+            try:
+                plan = self.family.call_plan(sp, cand)
+            except Exception as e:  # noqa: BLE001 - a bad candidate is a value
+                return Diagnostics("plan", f"{type(e).__name__}: {e}", case=name, cases_checked=n)
+            before = [None if t is None else t.clone() for t in inputs]
+            try:
+                outs = launch(module, plan, inputs, device=self.device, poison=True)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+            except Exception as e:  # noqa: BLE001
+                return Diagnostics("verify", f"{type(e).__name__}: {e}", case=name, cases_checked=n)
+            for t, b in zip(inputs, before):
+                if t is not None and not torch.equal(t, b):
+                    return Diagnostics("verify", "kernel modified an input", case=name, cases_checked=n)
+            for j, (o, r) in enumerate(zip(outs, refs)):
+                rtol, atol = self.family.tolerance(o.dtype)
+                ok, mabs, mrel, where = compare(o, r, rtol, atol)
+                if not ok:
+                    return Diagnostics(
+                        "verify", f"output {j} differs from reference", case=name,
+                        max_abs_err=mabs, max_rel_err=mrel, where=where, cases_checked=n,
+                    )
+            n += 1
+        return Diagnostics("ok", cases_checked=n)
+
+    def evaluate(self, cand: Candidate) -> ScoredResult:
+        try:
+            module = load_module(cand.source, interpret=needs_interpreter(self.device))
+        except Exception:  # noqa: BLE001
+            return ScoredResult(cand, False, None, Diagnostics("compile", traceback.format_exc(limit=3)))
+        diag = self.verify(cand, module)
+        if diag.stage != "ok":
+            return ScoredResult(cand, False, None, diag)
+        try:
+            plan = self.family.call_plan(self.spec, cand)
+            inputs = self.cases()[0][2]
+            outs = launch(module, plan, inputs, device=self.device)
+            ms = self.timer(lambda: launch(module, plan, inputs, device=self.device, outs=outs))
+        except Exception as e:  # noqa: BLE001
+            return ScoredResult(cand, False, None, Diagnostics("time", f"{type(e).__name__}: {e}"))
+        ev = {"cases": [c[0] for c in self.cases()], "seeds": self.seeds}
+        return ScoredResult(cand, True, ms, diag, ev)
+
+    def baseline_ms(self) -> float | None:
+        """Eager on the same inputs (for a fallback op, Inductor's lowering is the same ATen call)."""
+        try:
+            inputs = self.cases()[0][2]
+            return self.timer(lambda: self.family.eager(self.spec, inputs))
+        except Exception:  # noqa: BLE001
+            return None
