@@ -195,7 +195,7 @@ def test_floor_bytes() -> None:
 @pytest.mark.parametrize(
     "dt,d,n,b",
     [(torch.float32, 128, 80_000, 2048), (torch.float16, 64, 4096, 4096), (torch.bfloat16, 1024, 500_000, 1000),
-     (torch.float32, 16, 100, 10), (torch.float32, 33, 64, 2)],
+     (torch.float32, 16, 100, 10), (torch.float32, 33, 64, 2), (torch.float32, 64, 4 * 8192, 8192)],
 )
 def test_candidate_space(dt: torch.dtype, d: int, n: int, b: int) -> None:
     spec = make_spec(dt, 0, False, False, -1, v=1000, d=d, n=n, b=b)
@@ -203,7 +203,9 @@ def test_candidate_space(dt: torch.dtype, d: int, n: int, b: int) -> None:
     assert 10 <= len(cands) <= 40
     assert len({(c.template, c.config) for c in cands}) == len(cands)
     assert {c.template for c in cands} == set(TEMPLATES)
-    assert cands[0].template == "bag_per_program"
+    # Default by pooling factor: ~1 per bag -> bag_tile, a few -> bags_per_block, else bag_per_program.
+    expect = "bag_tile" if n / b < 2 else "bags_per_block" if n / b < 6 and b >= 64 else "bag_per_program"
+    assert cands[0].template == expect
     for c in cands:
         assert c.origin == "template" and c.config == tuple(sorted(c.config))
         assert c.source.startswith("import triton\nimport triton.language as tl\n")

@@ -73,12 +73,14 @@ def long_tail_reason(node: fx.Node) -> str | None:
         return "custom op (opaque to Inductor: called as an ATen fallback)"
     if target.namespace != "aten":
         return None
+    if name in _TRITON_ONLY:  # these also sit in ``fallbacks``: the lowering decides per device
+        if device is not None and device.type not in ("cuda", "xpu"):
+            return f"lowered for Triton devices only: falls back to ATen on {device.type}"
+        return None
     if target in L.fallbacks or target.overloadpacket in L.fallbacks:
         return "Inductor fallback (make_fallback): calls the ATen kernel"
     if target not in L.lowerings and target.overloadpacket not in L.lowerings:
         return "no Inductor lowering: calls the ATen kernel"
-    if name in _TRITON_ONLY and device is not None and device.type not in ("cuda", "xpu"):
-        return f"lowered for Triton devices only: falls back to ATen on {device.type}"
     return None
 
 

@@ -422,9 +422,8 @@ class EmbeddingBagFamily(OpFamily):
         ends = off[1 : b + 1] if ilo else torch.cat([off[1:], off.new_tensor([n])])
         pos = torch.arange(n, device=idx.device)
         bag = torch.searchsorted(starts, pos, right=True) - 1  # last bag starting at or before pos
-        keep = bag >= 0
         bag_c = bag.clamp(min=0)
-        keep &= pos < ends[bag_c] if b > 0 else keep
+        keep = (bag >= 0) & (pos < ends[bag_c])  # include_last_offset: nothing past offsets[-1]
         if pad >= 0:
             keep &= idx != pad
         rows = w[idx[keep]]
@@ -576,22 +575,24 @@ class EmbeddingBagFamily(OpFamily):
     # -- kernels ---------------------------------------------------------------------------------
     @staticmethod
     def _warps(tile: int) -> int:
-        """~16 gathered fp32 elements per thread, 1..8 warps."""
-        return max(1, min(8, _next_pow2(max(tile // 512, 1))))
+        """32-64 gathered elements per thread, 1..8 warps.
+
+        An H100 sweep (fp32/fp16/bf16, D 33..256, pooling 1..100) favoured many small programs
+        with several rows in flight per thread over wide programs: 8-warp tiles lost 2-4x.
+        """
+        return max(1, min(8, _next_pow2(max(tile // 2048, 1))))
 
     def candidates(self, spec: OpSpec) -> list[Candidate]:
-        """Template x structure x tile proposals, default first, about 20-40 of them."""
+        """Template x structure x tile proposals, a pooling-factor-aware default first, ~20-35."""
         w = spec.args[0]
         assert w is not None
         _, d, n, b = self._dims(spec)
-        elem = _elem_size(w.dtype)
         avg_len = n / max(b, 1)
-        bd_max = min(_next_pow2(max(d, 1)), 512)
-        bd0 = min(bd_max, 128 if elem >= 4 else 256)  # ~512 B of a row per program
+        bd_max = max(16, min(_next_pow2(max(d, 1)), 512))  # >= 16: no degenerate 1-wide tiles
+        bd0 = min(bd_max, 64)  # narrow D slices: more programs, more gathers in flight
         bd_opts = [bd0] + [x for x in (bd0 // 2, min(bd_max, bd0 * 2)) if 16 <= x and x != bd0]
-        len_p2 = _next_pow2(max(1, math.ceil(avg_len)))
-        bl0 = max(8, min(32, len_p2))
-        bl_opts = [bl0] + [x for x in (8, 16, 32, 64) if x != bl0 and x <= max(16, 2 * len_p2)]
+        bl0 = max(8, min(64, _next_pow2(max(1, math.ceil(1.5 * avg_len)))))  # covers most bags in a chunk
+        bl_opts = [bl0] + [x for x in (bl0 // 2, bl0 * 2) if 8 <= x <= 64]
 
         out: list[tuple[str, dict[str, Any]]] = []
 
@@ -601,39 +602,52 @@ class EmbeddingBagFamily(OpFamily):
         def fits(*dims: int) -> bool:
             return math.prod(dims) <= _MAX_TILE
 
-        # (a) one bag per program: BLOCK_D x BLOCK_L, then structure/warp/stage variants of the default.
-        for bd in bd_opts:
-            for bl in bl_opts[:3]:
-                if fits(bd, bl):
-                    add("bag_per_program", BLOCK_D=bd, BLOCK_L=bl, ACC_TILE=False,
-                        num_warps=self._warps(bd * bl), num_stages=2)
-        for bl in bl_opts[:2]:
-            if fits(bd0, bl):
-                add("bag_per_program", BLOCK_D=bd0, BLOCK_L=bl, ACC_TILE=True,
-                    num_warps=self._warps(bd0 * bl), num_stages=2)
-        nw0 = self._warps(bd0 * bl0)
-        for nw in (nw0 // 2, nw0 * 2):
-            if 1 <= nw <= 8:
-                add("bag_per_program", BLOCK_D=bd0, BLOCK_L=bl0, ACC_TILE=False, num_warps=nw, num_stages=2)
-        add("bag_per_program", BLOCK_D=bd0, BLOCK_L=bl0, ACC_TILE=False, num_warps=nw0, num_stages=3)
-        add("bag_per_program", BLOCK_D=bd0, BLOCK_L=bl0, ACC_TILE=False, num_warps=nw0, num_stages=1)
+        def per_program(bd: int, bl: int, acc: bool = False, nw: int | None = None, stages: int = 2) -> None:
+            if fits(bd, bl):
+                add("bag_per_program", BLOCK_D=bd, BLOCK_L=bl, ACC_TILE=acc,
+                    num_warps=nw or self._warps(bd * bl), num_stages=stages)
 
-        # (b) several consecutive bags per program, one after another (small bags, many of them).
+        def per_block(bd: int, bl: int, bpp: int) -> None:
+            add("bags_per_block", BLOCK_D=bd, BLOCK_L=bl, ACC_TILE=False, BAGS_PER_PROG=bpp,
+                num_warps=self._warps(bd * bl), num_stages=2)
+
+        def tile(bd: int, bpp: int) -> None:
+            if fits(bd, bpp):
+                add("bag_tile", BLOCK_D=bd, BAGS_PER_PROG=bpp, num_warps=self._warps(bd * bpp), num_stages=2)
+
+        # Default by pooling factor (H100 sweep): ~1 index per bag -> bags as tile rows; a few ->
+        # consecutive bags per program; otherwise one bag per program.
+        if avg_len < 2 and b >= 64:
+            tile(bd0, 32)
+        elif avg_len < 6 and b >= 64:
+            per_block(bd0, 8, 2)
+
+        # (a) one bag per program: BLOCK_D x BLOCK_L grid, then structure / warps / stages of the default.
+        for bd in bd_opts:
+            for bl in bl_opts:
+                per_program(bd, bl)
+        nw0 = self._warps(bd0 * bl0)
+        for bl in bl_opts[:2]:
+            per_program(bd0, bl, acc=True, nw=max(2, self._warps(bd0 * bl)))  # warps split L: reduce once
+        for nw in (nw0 * 2, nw0 * 4):
+            if nw <= 8:
+                per_program(bd0, bl0, nw=nw)
+        per_program(bd0, bl0, stages=3)
+        per_program(bd0, bl0, stages=1)
+
+        # (b) several consecutive bags per program, one after another (amortize small bags).
         bl_small = min(bl0, 16)
-        bpps = [x for x in (2, 4, 8, 16) if x <= max(2, b)]
-        for bpp in bpps:
-            add("bags_per_block", BLOCK_D=bd0, BLOCK_L=bl_small, ACC_TILE=False, BAGS_PER_PROG=bpp,
-                num_warps=self._warps(bd0 * bl_small), num_stages=2)
-        if len(bd_opts) > 1 and 4 in bpps:
-            add("bags_per_block", BLOCK_D=bd_opts[1], BLOCK_L=bl_small, ACC_TILE=False, BAGS_PER_PROG=4,
-                num_warps=self._warps(bd_opts[1] * bl_small), num_stages=2)
+        for bpp in (2, 4, 8, 16):
+            if bpp <= max(2, b):
+                per_block(bd0, bl_small, bpp)
+        if len(bd_opts) > 1:
+            per_block(bd_opts[-1], bl_small, 2)
 
         # (c) bags as tile rows, stepping through positions (tiny, similar pooling factors).
-        tiles = [x for x in (4, 8, 16, 32) if x <= max(4, _next_pow2(b))]
-        for bpp in tiles:
-            for bd in bd_opts[:2]:
-                if fits(bpp, bd):
-                    add("bag_tile", BLOCK_D=bd, BAGS_PER_PROG=bpp, num_warps=self._warps(bpp * bd), num_stages=2)
+        for bpp in (8, 16, 32, 64):
+            if bpp <= max(8, _next_pow2(b)):
+                for bd in bd_opts[:2]:
+                    tile(bd, bpp)
 
         seen: set = set()
         cands: list[Candidate] = []

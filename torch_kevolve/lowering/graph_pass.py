@@ -121,9 +121,11 @@ class KevolvePass(CustomGraphPass):
 
     def _route(self, spec: OpSpec) -> str:
         r = self.settings.route
-        if r == "auto":
-            return "triton" if spec.device.type == "cuda" else "custom_op"
-        return r
+        if spec.device.type != "cuda":
+            if r == "triton":
+                warn_once("kevolve: the Triton route needs a CUDA device; using the custom-op route on %s", spec.device.type)
+            return "custom_op"
+        return "triton" if r == "auto" else r
 
     # -- graph surgery -----------------------------------------------------------------------------
     def _rewrite(self, graph: fx.Graph, f: Finding, m: Match, entry: Entry) -> None:

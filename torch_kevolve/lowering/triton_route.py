@@ -73,7 +73,8 @@ def insert_call(
             {
                 "kernel_idx": kernel_idx,
                 "constant_args_idx": consts_idx,
-                "grid": [tuple(plan.grid)],
+                # Inductor's launcher takes exactly three grid dims (Dynamo pads user grids too).
+                "grid": [tuple(plan.grid) + (1,) * (3 - len(plan.grid))],
                 "tma_descriptor_metadata": {},
                 "kwargs": tensor_kwargs,
                 "tensors_to_clone": clone,
