@@ -66,3 +66,33 @@ def test_search_spec_packages_an_entry():
     assert entry.meta["search"]["evaluated"] == 2
     assert entry.meta["evidence"]["checks"] >= 2 + 1  # seeds + edge cases
     assert entry.meta["proposer"] == "template"
+
+
+def test_suspicious_speedup_is_reverified_and_a_cheat_dropped():
+    """A kernel right on the evaluator's seeds but wrong elsewhere, timed as 100x: re-verification
+    with more fresh seeds must catch it before it is accepted."""
+    spec = _spec()
+    good = FAM.candidates(spec)[:2]
+    ev = Evaluator(FAM, spec, timer=lambda fn: (fn(), 1.0)[1], seeds=1, fresh_seeds=0)
+    calls = {"n": 0}
+
+    def reverify(cand, seeds):
+        calls["n"] += 1
+        from torch_kevolve.search.evaluate import Diagnostics
+        return Diagnostics("verify", "wrong on fresh inputs", case="fresh-seed1") if calls["n"] == 1 else Diagnostics("ok")
+
+    ev.reverify = reverify
+    ev.baseline_ms = lambda: 100.0
+    out = exhaustive_search(FAM, spec, TemplateSynthesizer(), ev, max_candidates=2, retime_top=0)
+    assert calls["n"] == 2  # the first 100x winner failed, the second passed
+    assert out.best is not None and out.best.evidence.get("reverified_fresh_seeds") == 4
+    assert sum(not r.ok for r in out.results) == 1
+
+
+def test_fresh_seed_per_candidate_differs():
+    spec = _spec()
+    ev = Evaluator(FAM, spec, timer=lambda fn: 1.0, seeds=1)
+    a = ev._fresh_cases()[0][0]
+    b = ev._fresh_cases()[0][0]
+    assert a != b and a.startswith("fresh-seed")
+    assert Evaluator(FAM, spec, seeds=1)._fresh_cases()[0][0] == a  # deterministic under seed_base

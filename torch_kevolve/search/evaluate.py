@@ -6,6 +6,7 @@ This is the in-process evaluator the Foundation search uses; the isolated, paral
 from __future__ import annotations
 
 import math
+import random
 import statistics
 import time
 import traceback
@@ -52,6 +53,8 @@ class Diagnostics:
     max_rel_err: float | None = None
     where: list[int] | None = None  # index of the worst element
     cases_checked: int = 0
+    # profile (GPU): registers, spills, shared memory of the compiled kernel; achieved bandwidth
+    profile: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         if self.stage == "ok":
@@ -100,6 +103,28 @@ def compare(out: torch.Tensor, ref: torch.Tensor, rtol: float, atol: float) -> t
     return True, max_abs, max_rel, None
 
 
+def _aliases(outs: Sequence[torch.Tensor], others: Sequence[torch.Tensor | None]) -> bool:
+    ptrs = {t.untyped_storage().data_ptr() for t in others if isinstance(t, torch.Tensor) and t.numel()}
+    return any(o.numel() and o.untyped_storage().data_ptr() in ptrs for o in outs)
+
+
+def kernel_resources(module: Any, kernel: str) -> dict:
+    """Registers, spills and shared memory of the kernel's compiled variants (GPU only)."""
+    fn = getattr(module, kernel, None)
+    caches = getattr(fn, "device_caches", None)
+    if not caches:
+        return {}
+    out: dict = {}
+    try:
+        for entry in caches.values():
+            for ck in entry[0].values():
+                out = {"n_regs": int(getattr(ck, "n_regs", -1)), "n_spills": int(getattr(ck, "n_spills", -1)),
+                       "shared_bytes": int(getattr(ck.metadata, "shared", -1))}
+    except Exception:  # noqa: BLE001 - triton internals differ by version; a profile is optional
+        return out
+    return out
+
+
 class Evaluator:
     """Evaluates candidates for one spec. The timer is injected (tests pass a cost model)."""
 
@@ -112,6 +137,8 @@ class Evaluator:
         seeds: int = 3,
         seed_base: int = 0,
         edge_cases: bool = True,
+        fresh_seeds: int = 1,
+        floor_bw: float | None = None,
     ) -> None:
         self.family = family
         self.spec = spec
@@ -120,6 +147,11 @@ class Evaluator:
         self.seeds = [seed_base + 1000 * i + 17 for i in range(seeds)]
         self._cases: list[tuple[str, OpSpec, list]] | None = None
         self._want_edges = edge_cases
+        # Fresh inputs for every candidate (deterministic under seed_base): no kernel can be tuned
+        # to the fixed seeds it was shown in feedback.
+        self._fresh = random.Random(seed_base * 7919 + 1)
+        self.fresh_seeds = fresh_seeds
+        self.floor_bw = floor_bw  # bytes/s of a device copy: turns times into % of floor
 
     def cases(self) -> list[tuple[str, OpSpec, list]]:
         if self._cases is None:
@@ -132,9 +164,17 @@ class Evaluator:
             self._cases = refs  # type: ignore[assignment]
         return self._cases  # type: ignore[return-value]
 
-    def verify(self, cand: Candidate, module: Any) -> Diagnostics:
+    def _fresh_cases(self) -> list[tuple[str, OpSpec, list, list]]:
+        out = []
+        for _ in range(self.fresh_seeds):
+            s = self._fresh.randrange(1, 1 << 30)
+            inp = self.family.make_inputs(self.spec, s)
+            out.append((f"fresh-seed{s}", self.spec, inp, self.family.reference(self.spec, inp)))
+        return out
+
+    def verify(self, cand: Candidate, module: Any, extra: list | None = None) -> Diagnostics:
         n = 0
-        for name, sp, inputs, refs in self.cases():  # type: ignore[misc]
+        for name, sp, inputs, refs in [*self.cases(), *(extra or [])]:  # type: ignore[misc]
             try:
                 plan = self.family.call_plan(sp, cand)
             except Exception as e:  # noqa: BLE001 - a bad candidate is a value
@@ -149,6 +189,8 @@ class Evaluator:
             for t, b in zip(inputs, before):
                 if t is not None and not torch.equal(t, b):
                     return Diagnostics("verify", "kernel modified an input", case=name, cases_checked=n)
+            if _aliases(outs, [*inputs, *refs]):
+                return Diagnostics("verify", "an output aliases an input or reference buffer", case=name, cases_checked=n)
             for j, (o, r) in enumerate(zip(outs, refs)):
                 rtol, atol = self.family.tolerance(o.dtype)
                 ok, mabs, mrel, where = compare(o, r, rtol, atol)
@@ -165,7 +207,7 @@ class Evaluator:
             module = load_module(cand.source, interpret=needs_interpreter(self.device))
         except Exception:  # noqa: BLE001
             return ScoredResult(cand, False, None, Diagnostics("compile", traceback.format_exc(limit=3)))
-        diag = self.verify(cand, module)
+        diag = self.verify(cand, module, extra=self._fresh_cases())
         if diag.stage != "ok":
             return ScoredResult(cand, False, None, diag)
         try:
@@ -175,8 +217,35 @@ class Evaluator:
             ms = self.timer(lambda: launch(module, plan, inputs, device=self.device, outs=outs))
         except Exception as e:  # noqa: BLE001
             return ScoredResult(cand, False, None, Diagnostics("time", f"{type(e).__name__}: {e}"))
-        ev = {"cases": [c[0] for c in self.cases()], "seeds": self.seeds}
+        diag.profile = self.profile(module, plan, ms)
+        ev = {"cases": [c[0] for c in self.cases()], "seeds": self.seeds, "fresh_seeds": self.fresh_seeds}
         return ScoredResult(cand, True, ms, diag, ev)
+
+    def profile(self, module: Any, plan: Any, ms: float | None) -> dict:
+        """Resource use of the compiled kernel and achieved bandwidth against the floor."""
+        prof: dict = dict(kernel_resources(module, plan.kernel))
+        try:
+            nbytes = self.family.floor_bytes(self.spec)
+        except NotImplementedError:
+            return prof
+        prof["bytes_moved"] = nbytes
+        if ms:
+            prof["achieved_GBps"] = nbytes / (ms * 1e-3) / 1e9
+            if self.floor_bw:
+                floor_ms = nbytes / self.floor_bw * 1e3
+                prof["floor_ms"] = floor_ms
+                prof["pct_of_floor"] = 100.0 * floor_ms / ms
+                prof["bound"] = "memory"  # every Foundation family is a gather/reduce; compute-bound ops report FLOP/s later
+        return prof
+
+    def reverify(self, cand: Candidate, seeds: int) -> Diagnostics:
+        """More fresh seeds for a result too good to take on trust (>10x over the baseline)."""
+        module = load_module(cand.source, interpret=needs_interpreter(self.device))
+        saved, self.fresh_seeds = self.fresh_seeds, seeds
+        try:
+            return self.verify(cand, module, extra=self._fresh_cases())
+        finally:
+            self.fresh_seeds = saved
 
     def baseline_ms(self) -> float | None:
         """Eager on the same inputs (for a fallback op, Inductor's lowering is the same ATen call)."""
