@@ -1,0 +1,186 @@
+"""The long-tail suite on the GPU: eager, Inductor, Inductor max-autotune (no CUDA graphs), kevolve,
+against the memory floor, with correctness — one run, one table, a plot, JSON.
+
+    PYTHONPATH=. python3 scripts/bench.py [--cases a,b] [--store DIR] [--fresh]
+
+Writes $OUT/bench.json, $OUT/bench.png and $OUT/kernel_cache.tar (the store's entries, to ship in
+kernel_cache/). ``--fresh`` searches into an empty store (ignoring the shipped layer)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tarfile
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+F = torch.nn.functional
+
+
+@dataclass
+class Case:
+    name: str
+    family: str
+    build: Callable[[str], tuple[Callable, tuple, int]]  # device -> (fn, args, bytes that must move)
+
+
+def _offsets(B: int, L: int, dev: str, jitter: bool = False, last: bool = False, g: Any = None):
+    if jitter:
+        lengths = torch.randint(0, 2 * L + 1, (B,), device=dev, generator=g)
+    else:
+        lengths = torch.full((B,), L, device=dev)
+    offs = torch.zeros(B + (1 if last else 0), dtype=torch.int64, device=dev)
+    offs[1:B + (1 if last else 0)] = torch.cumsum(lengths, 0)[: B - (0 if last else 1)]
+    return offs, int(lengths.sum())
+
+
+def eb_case(name, V, D, B, L, dtype=torch.float32, mode="sum", psw=False, jitter=False, last=False, idx_dtype=torch.int64):
+    def build(dev):
+        g = torch.Generator(device=dev).manual_seed(0)
+        W = torch.randn(V, D, device=dev, generator=g).to(dtype)
+        offs, n = _offsets(B, L, dev, jitter, last, g)
+        idx = torch.randint(0, V, (n,), device=dev, generator=g).to(idx_dtype)
+        offs = offs.to(idx_dtype)
+        w = torch.rand(n, device=dev, generator=g).to(dtype) if psw else None
+        es = W.element_size()
+        nbytes = n * (D * es + idx.element_size() + (es if psw else 0)) + offs.numel() * offs.element_size() + B * D * es
+        if psw:
+            return (lambda i, o, t, w: F.embedding_bag(i, t, o, mode=mode, per_sample_weights=w, include_last_offset=last)), (idx, offs, W, w), nbytes
+        return (lambda i, o, t: F.embedding_bag(i, t, o, mode=mode, include_last_offset=last)), (idx, offs, W), nbytes
+    return Case(name, "embedding_bag", build)
+
+
+CASES = [
+    eb_case("embedding_bag_sum", 1_000_000, 128, 16384, 20),  # the shared baseline's shape
+    eb_case("embedding_bag_mean_fp16", 1_000_000, 128, 16384, 20, dtype=torch.float16, mode="mean", jitter=True),
+    eb_case("embedding_bag_wsum_bf16_last", 500_000, 64, 32768, 10, dtype=torch.bfloat16, psw=True, last=True, jitter=True),
+    eb_case("embedding_bag_sum_d256_int32", 200_000, 256, 8192, 50, idx_dtype=torch.int32),
+    eb_case("embedding_bag_sum_pool1", 1_000_000, 64, 131072, 1),
+]
+
+
+def do_bench(fn) -> float:
+    from triton.testing import do_bench as db
+
+    return float(db(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    tol = 1e-4 if a.dtype == torch.float32 else 2e-2
+    return bool(torch.allclose(a.float(), b.float(), rtol=tol, atol=tol))
+
+
+def run_case(case: Case, dev: str, bw: float) -> dict:
+    from torch_kevolve import stats
+    from torch_kevolve.lowering import REPORTS
+
+    fn, args, nbytes = case.build(dev)
+    row: dict = {"op": case.name, "family": case.family, "floor_ms": nbytes / bw * 1e3, "bytes": nbytes}
+    ref = fn(*args)
+    row["eager_ms"] = do_bench(lambda: fn(*args))
+    variants = [("inductor", dict()), ("max_autotune", dict(mode="max-autotune-no-cudagraphs")),
+                ("kevolve", dict(backend="kevolve"))]
+    for name, kw in variants:
+        try:
+            torch._dynamo.reset()
+            REPORTS.clear()
+            stats.reset()
+            t0 = time.time()
+            c = torch.compile(fn, **kw)
+            out = c(*args)
+            torch.cuda.synchronize()
+            row[f"{name}_compile_s"] = time.time() - t0
+            row[f"{name}_ok"] = close(out, ref)
+            row[f"{name}_ms"] = do_bench(lambda: c(*args))
+            if name == "kevolve":
+                row["kevolve_decisions"] = [f.decision for rep in REPORTS for f in rep]
+                row["kevolve_stats"] = stats.snapshot()
+        except Exception as e:  # noqa: BLE001
+            row[f"{name}_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            traceback.print_exc()
+    for k in ("eager", "inductor", "max_autotune", "kevolve"):
+        if f"{k}_ms" in row:
+            row[f"{k}_pct_floor"] = 100 * row["floor_ms"] / row[f"{k}_ms"]
+    if "kevolve_ms" in row and "inductor_ms" in row:
+        row["kevolve_vs_inductor"] = row["inductor_ms"] / row["kevolve_ms"]
+    return row
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plot")
+        return
+    keys = [("eager", "eager"), ("inductor", "Inductor"), ("max_autotune", "Inductor max-autotune"), ("kevolve", "kevolve")]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4.5))
+    w = 0.2
+    for i, (k, label) in enumerate(keys):
+        ax.bar([j + (i - 1.5) * w for j in range(len(rows))], [r.get(f"{k}_pct_floor", 0) for r in rows], w, label=label)
+    ax.axhline(85, color="k", ls="--", lw=0.8)
+    ax.set_xticks(range(len(rows)), [r["op"] for r in rows], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("% of memory floor (higher is better)")
+    ax.set_title(f"{torch.cuda.get_device_name()} — torch {torch.__version__}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", default="")
+    ap.add_argument("--store", default="")
+    ap.add_argument("--fresh", action="store_true")
+    args = ap.parse_args()
+    out = Path(os.environ.get("OUT", "out"))
+    out.mkdir(parents=True, exist_ok=True)
+    store = Path(args.store or tempfile.mkdtemp(prefix="kevolve-bench-"))
+    os.environ["KEVOLVE_CACHE_DIR"] = str(store)
+    if args.fresh:
+        os.environ["KEVOLVE_SHIPPED_DIR"] = str(store / "no-shipped")
+    import triton
+
+    import torch_kevolve  # noqa: F401  (registers the backend)
+    from torch_kevolve.hardware import copy_bandwidth
+
+    dev = "cuda"
+    bw = copy_bandwidth(dev)
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "date": time.strftime("%Y-%m-%d"), "copy_bw_TBps": bw / 1e12, "command": " ".join(sys.argv)}
+    print(json.dumps(meta), flush=True)
+    wanted = set(filter(None, args.cases.split(",")))
+    rows = []
+    for case in CASES:
+        if wanted and case.name not in wanted:
+            continue
+        t0 = time.time()
+        row = run_case(case, dev, bw)
+        print(json.dumps({k: v for k, v in row.items() if k != "kevolve_decisions"}, default=str), f"({time.time() - t0:.0f}s)", flush=True)
+        rows.append(row)
+    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
+    plot(rows, out / "bench.png")
+    print(f"\n{'op':32s} {'floor':>7s} {'eager':>7s} {'induct':>7s} {'max-at':>7s} {'kevolve':>7s} {'%floor':>7s} {'vs ind':>7s} ok")
+    for r in rows:
+        f = lambda k: f"{r[k]:7.3f}" if isinstance(r.get(k), float) else f"{'-':>7s}"  # noqa: E731
+        print(f"{r['op']:32s} {f('floor_ms')} {f('eager_ms')} {f('inductor_ms')} {f('max_autotune_ms')} {f('kevolve_ms')} "
+              f"{r.get('kevolve_pct_floor', 0):6.1f}% {r.get('kevolve_vs_inductor', 0):6.2f}x {r.get('kevolve_ok')}")
+    with tarfile.open(out / "kernel_cache.tar", "w") as tf:
+        if (store / "v1").exists():
+            tf.add(store / "v1", arcname="v1")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
