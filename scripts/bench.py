@@ -59,12 +59,31 @@ def eb_case(name, V, D, B, L, dtype=torch.float32, mode="sum", psw=False, jitter
     return Case(name, "embedding_bag", build)
 
 
+def seg_case(name, N_segs, D, reduce="sum", dtype=torch.float32, use_offsets=False, max_len=64):
+    """The shared baseline's shape: ~4M rows x 64 in 125k segments of 1..63 rows."""
+    def build(dev):
+        g = torch.Generator(device=dev).manual_seed(0)
+        lengths = torch.randint(1, max_len, (N_segs,), device=dev, generator=g)
+        tot = int(lengths.sum())
+        vals = torch.randn(tot, D, device=dev, generator=g).to(dtype)
+        nbytes = vals.numel() * vals.element_size() + lengths.numel() * (8 + D * vals.element_size())
+        if use_offsets:
+            offs = torch.zeros(N_segs + 1, dtype=torch.int64, device=dev)
+            offs[1:] = torch.cumsum(lengths, 0)
+            return (lambda v, o: torch.segment_reduce(v, reduce, offsets=o)), (vals, offs), nbytes
+        return (lambda v, l: torch.segment_reduce(v, reduce, lengths=l)), (vals, lengths), nbytes
+    return Case(name, "segment_reduce", build)
+
+
 CASES = [
     eb_case("embedding_bag_sum", 1_000_000, 128, 16384, 20),  # the shared baseline's shape
     eb_case("embedding_bag_mean_fp16", 1_000_000, 128, 16384, 20, dtype=torch.float16, mode="mean", jitter=True),
     eb_case("embedding_bag_wsum_bf16_last", 500_000, 64, 32768, 10, dtype=torch.bfloat16, psw=True, last=True, jitter=True),
     eb_case("embedding_bag_sum_d256_int32", 200_000, 256, 8192, 50, idx_dtype=torch.int32),
     eb_case("embedding_bag_sum_pool1", 1_000_000, 64, 131072, 1),
+    seg_case("segment_reduce_sum", 125_000, 64),  # the shared baseline's shape
+    seg_case("segment_reduce_mean_offsets", 125_000, 64, reduce="mean", use_offsets=True),
+    seg_case("segment_reduce_max_bf16", 125_000, 64, reduce="max", dtype=torch.bfloat16),
 ]
 
 

@@ -52,6 +52,15 @@ def cmd_cache_show(args: argparse.Namespace) -> int:
     if e is None:
         print(f"no entry {args.key}", file=sys.stderr)
         return 1
+    if getattr(args, "tree", False):
+        from .search.tree import SearchTree
+
+        doc = (e.meta.get("search") or {}).get("tree")
+        if not doc:
+            print(f"entry {args.key} has no search tree (searched before trees were kept?)", file=sys.stderr)
+            return 1
+        print(SearchTree.from_json(doc).replay())
+        return 0
     print(json.dumps({"key": e.key, "layer": e.layer, "spec": e.spec.to_json(),
                       "template": e.candidate.template, "config": e.candidate.cfg,
                       "origin": e.candidate.origin, "meta": e.meta}, indent=1, default=str))
@@ -75,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     show = csub.add_parser("show")
     show.add_argument("key")
     show.add_argument("--cache-dir", default=None)
+    show.add_argument("--tree", action="store_true", help="replay the search tree stored with the kernel")
     show.set_defaults(fn=cmd_cache_show)
     args = p.parse_args(argv)
     return int(args.fn(args))

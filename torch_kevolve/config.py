@@ -9,6 +9,33 @@ from typing import Any
 MODES = ("jit", "offline", "cache", "off")
 
 
+def parse_budget(text: str) -> tuple[int | None, float | None]:
+    """``KEVOLVE_BUDGET``: ``"64"`` evaluations, ``"120s"`` wall seconds, ``"64,120s"`` both ("" none)."""
+    evals: int | None = None
+    wall: float | None = None
+    for part in (p.strip().lower() for p in str(text).split(",")):
+        if not part:
+            continue
+        try:
+            if part.endswith("s"):
+                if wall is not None:
+                    raise ValueError
+                wall = float(part[:-1])
+                if wall <= 0:
+                    raise ValueError
+            else:
+                if evals is not None:
+                    raise ValueError
+                evals = int(part)
+                if evals <= 0:
+                    raise ValueError
+        except ValueError:
+            raise ValueError(
+                f"KEVOLVE_BUDGET / budget: expected '64' (evaluations), '120s' (wall seconds) or '64,120s', got {text!r}"
+            ) from None
+    return evals, wall
+
+
 def default_cache_dir() -> Path:
     env = os.environ.get("KEVOLVE_CACHE_DIR")
     if env:
@@ -36,6 +63,13 @@ class Settings:
     seeds: int = 3  # verification seeds per candidate
     max_candidates: int = -1  # per search; -1: auto (4 under the CPU interpreter, unbounded on GPU)
     route: str = "auto"  # "auto" | "triton" (Inductor user-defined kernel) | "custom_op"
+    search: str = "mcts"  # search strategy by name (torch_kevolve.search.strategies registry)
+    budget: str = ""  # "64" evaluations, "120s" wall, "64,120s" both; parts given override
+    # max_candidates / search_budget_s
+    patience: int | None = None  # stop after this many evaluations without a better verified time
+    search_seed: int = 0  # the strategy's rng: same seed, same synthesizer and timer -> same search
+    executor: str = "local"  # where candidates are evaluated: "local" worker pool, "inprocess", "ray"
+    eval_timeout_s: float = 120.0  # one candidate's compile+verify+time in a worker, then it is killed
 
     @staticmethod
     def from_env(options: dict[str, Any] | None = None) -> "Settings":
@@ -48,6 +82,12 @@ class Settings:
             "seeds": os.environ.get("KEVOLVE_SEEDS"),
             "max_candidates": os.environ.get("KEVOLVE_MAX_CANDIDATES"),
             "route": os.environ.get("KEVOLVE_ROUTE"),
+            "search": os.environ.get("KEVOLVE_SEARCH"),
+            "budget": os.environ.get("KEVOLVE_BUDGET"),
+            "patience": os.environ.get("KEVOLVE_PATIENCE"),
+            "search_seed": os.environ.get("KEVOLVE_SEARCH_SEED"),
+            "executor": os.environ.get("KEVOLVE_EXECUTOR"),
+            "eval_timeout_s": os.environ.get("KEVOLVE_EVAL_TIMEOUT_S"),
         }
         merged = {k: v for k, v in env.items() if v not in (None, "")}
         merged.update({k: v for k, v in (options or {}).items() if v is not None})
@@ -59,10 +99,14 @@ class Settings:
         for k, v in merged.items():
             if k in ("cache_dir", "shipped_dir"):
                 conv[k] = None if v is None else Path(v).expanduser()
-            elif k in ("search_budget_s", "lock_timeout_s"):
+            elif k in ("search_budget_s", "lock_timeout_s", "eval_timeout_s"):
                 conv[k] = float(v)
-            elif k in ("seeds", "max_candidates"):
+            elif k in ("seeds", "max_candidates", "search_seed"):
                 conv[k] = int(v)
+            elif k == "patience":
+                conv[k] = int(v) if int(v) > 0 else None  # 0 / negative: no patience limit
+            elif k == "search":
+                conv[k] = str(v).strip().lower()
             else:
                 conv[k] = str(v)
         s = replace(s, **conv)
@@ -70,4 +114,5 @@ class Settings:
             raise ValueError(f"KEVOLVE_MODE / mode must be one of {MODES}, got {s.mode!r}")
         if s.route not in ("auto", "triton", "custom_op"):
             raise ValueError(f"KEVOLVE_ROUTE / route must be auto, triton or custom_op, got {s.route!r}")
+        parse_budget(s.budget)  # fail here, not in the middle of a compile
         return s

@@ -14,10 +14,15 @@ def register(family: OpFamily) -> OpFamily:
     return family
 
 
+_loaded = False
+
+
 def _load_builtin() -> None:
-    if _FAMILIES:
+    global _loaded
+    if _loaded:
         return
-    from . import embedding_bag  # noqa: F401  (registers itself)
+    _loaded = True
+    from . import embedding_bag, segment_reduce  # noqa: F401  (each registers itself)
 
 
 def get_family(name: str) -> OpFamily:

@@ -1,6 +1,7 @@
 """The post-grad pass Inductor runs for us: detect → key → store → (search | queue) → rewrite."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -49,8 +50,7 @@ class KevolvePass(CustomGraphPass):
         h = hashlib.sha256()
         h.update(_package_hash().encode())
         h.update(self.store.generation().encode())
-        s = self.settings
-        h.update(f"{s.mode}|{s.route}|{s.max_candidates}|{s.seeds}".encode())
+        h.update(repr(sorted(dataclasses.asdict(self.settings).items())).encode())
         if self.user_pass is not None:
             up = self.user_pass.uuid() if hasattr(self.user_pass, "uuid") else repr(self.user_pass)
             h.update(up if isinstance(up, bytes) else str(up).encode())
@@ -160,7 +160,8 @@ class KevolvePass(CustomGraphPass):
         for j, users in result_users.items():
             for u in users:
                 u.replace_all_uses_with(new[j])
-                graph.erase_node(u)
+                if u is not node:  # single-output ops: the node itself is its result user
+                    graph.erase_node(u)
         for u in list(node.users):
             if not u.users:
                 graph.erase_node(u)

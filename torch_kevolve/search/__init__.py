@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 from .evaluate import Diagnostics, Evaluator, ScoredResult, default_timer
-from .strategy import SearchOutcome, exhaustive_search, search_spec
-from .synth import Synthesizer, TemplateSynthesizer
+from .strategies import (
+    Budget, EvaluateBatch, SearchOutcome, finalize, get_strategy, register_strategy, strategy_names,
+)
+from .strategy import exhaustive_search, search_spec, sequential_batch, settings_budget
+from .synth import Synthesizer, TemplateSynthesizer, TreeSynthesizer
+from .tree import MEMORY_MODES, Node, SearchTree
 
 __all__ = [
     "Diagnostics", "Evaluator", "ScoredResult", "default_timer",
-    "SearchOutcome", "exhaustive_search", "search_spec",
-    "Synthesizer", "TemplateSynthesizer",
+    "Budget", "EvaluateBatch", "SearchOutcome", "finalize", "get_strategy", "register_strategy", "strategy_names",
+    "exhaustive_search", "search_spec", "sequential_batch", "settings_budget",
+    "Synthesizer", "TemplateSynthesizer", "TreeSynthesizer",
+    "MEMORY_MODES", "Node", "SearchTree",
 ]

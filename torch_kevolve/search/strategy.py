@@ -1,19 +1,21 @@
-"""Search strategies. Foundation ships one: evaluate the synthesizer's proposals in order within a
-budget, re-time the best few, keep the fastest verified one. The MCTS engine (issue 4) plugs in here."""
+"""Searching one spec: pick a strategy and a budget from the settings, evaluate through one batch
+seam, post-process the outcome (re-time, re-verify) and package the winner with its search tree.
+
+The strategies themselves live in :mod:`.strategies`; ``exhaustive_search`` is kept for callers
+that hold an Evaluator (the Foundation API)."""
 from __future__ import annotations
 
 import datetime as _dt
 import logging
-import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, TYPE_CHECKING, Sequence
 
 import torch
 
 from .. import stats
-from ..families.base import OpFamily
+from ..families.base import Candidate, OpFamily
 from ..spec import OpSpec
 from .evaluate import Evaluator, ScoredResult, Timer
+from .strategies import Budget, EvaluateBatch, SearchOutcome, finalize, get_strategy
 from .synth import Synthesizer, TemplateSynthesizer
 
 if TYPE_CHECKING:
@@ -22,19 +24,31 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("torch_kevolve")
 
+__all__ = ["SearchOutcome", "exhaustive_search", "search_spec", "sequential_batch", "settings_budget"]
 
-@dataclass
-class SearchOutcome:
-    best: ScoredResult | None
-    results: list[ScoredResult] = field(default_factory=list)
-    baseline_ms: float | None = None
-    wall_s: float = 0.0
 
-    @property
-    def speedup(self) -> float | None:
-        if self.best is None or not self.best.time_ms or not self.baseline_ms:
-            return None
-        return self.baseline_ms / self.best.time_ms
+def sequential_batch(evaluator: Evaluator) -> EvaluateBatch:
+    """The in-process ``evaluate_batch``: one candidate after another (the parallel harness's
+    executor ``map`` replaces this)."""
+
+    def evaluate_batch(cands: Sequence[Candidate]) -> list[ScoredResult]:
+        return [evaluator.evaluate(c) for c in cands]
+
+    return evaluate_batch
+
+
+def settings_budget(settings: "Settings", on_cpu: bool) -> Budget:
+    """``KEVOLVE_BUDGET`` parts override ``max_candidates`` / ``search_budget_s``; ``max_candidates``
+    -1 means 4 evaluations under the CPU interpreter, unbounded on GPU."""
+    from ..config import parse_budget
+
+    evals, wall = parse_budget(settings.budget)
+    if evals is None:
+        mc: int | None = settings.max_candidates
+        evals = (4 if on_cpu else None) if mc is not None and mc < 0 else mc
+    if wall is None:
+        wall = settings.search_budget_s
+    return Budget(max_evals=evals, wall_s=wall, patience=settings.patience)
 
 
 def exhaustive_search(
@@ -48,40 +62,47 @@ def exhaustive_search(
     batch: int = 8,
     suspicious_speedup: float = 10.0,
 ) -> SearchOutcome:
-    t0 = time.monotonic()
-    results: list[ScoredResult] = []
-    while time.monotonic() - t0 < budget_s:
-        room = batch if max_candidates is None else min(batch, max_candidates - len(results))
-        if room <= 0:
-            break
-        proposals = synth.propose(family, spec, results, room)
-        if not proposals:
-            break
-        for cand in proposals:
-            r = evaluator.evaluate(cand)
-            results.append(r)
-            log.debug("candidate %s %s: %s %s", cand.template, cand.cfg, r.diagnostics.summary(), r.time_ms)
-            if time.monotonic() - t0 >= budget_s:
-                break
-    ok = sorted((r for r in results if r.ok and r.time_ms is not None), key=lambda r: r.time_ms)  # type: ignore[arg-type,return-value]
-    # Re-time the leaders: the first timing of each was taken among many others' runs.
-    for r in ok[:retime_top]:
-        again = evaluator.evaluate(r.candidate)
-        if again.ok and again.time_ms is not None:
-            r.time_ms = min(r.time_ms, again.time_ms)  # type: ignore[type-var]
-    ok.sort(key=lambda r: r.time_ms)  # type: ignore[arg-type,return-value]
-    baseline = evaluator.baseline_ms()
-    # A speedup above 10x is more often a verification gap than a miracle: check it again, harder.
-    while ok and baseline and ok[0].time_ms and baseline / ok[0].time_ms > suspicious_speedup:
-        diag = evaluator.reverify(ok[0].candidate, seeds=4 * max(1, len(evaluator.seeds)))
-        if diag.stage == "ok":
-            ok[0].evidence["reverified_fresh_seeds"] = 4 * max(1, len(evaluator.seeds))
-            break
-        log.warning("candidate %s failed re-verification of a %.1fx speedup: %s", ok[0].candidate.cfg,
-                    baseline / ok[0].time_ms, diag.summary())
-        ok[0].ok, ok[0].diagnostics = False, diag
-        ok.pop(0)
-    return SearchOutcome(ok[0] if ok else None, results, baseline, time.monotonic() - t0)
+    """The synthesizer's proposals in order within a budget, then the shared post-processing."""
+    evaluate_batch = sequential_batch(evaluator)
+    outcome = get_strategy("exhaustive")(
+        family, spec, synth, evaluate_batch, Budget(max_candidates, budget_s), None,
+        baseline_ms=evaluator.baseline_ms, batch=batch,
+    )
+    return finalize(outcome, evaluate_batch, reverify=evaluator.reverify,
+                    reverify_seeds=4 * max(1, len(evaluator.seeds)), retime_top=retime_top,
+                    suspicious_speedup=suspicious_speedup)
+
+
+_EXECUTORS: dict[tuple[str, str], Any] = {}
+
+
+def shared_executor(name: str, device_type: str, timeout_s: float) -> Any:
+    """One executor per (kind, device type) per process: worker start-up (spawn + import torch +
+    CUDA init) costs seconds, so workers live across searches and die with the process."""
+    import atexit
+
+    from ..harness import make_executor
+
+    key = (name, device_type)
+    if key not in _EXECUTORS:
+        kw: dict[str, Any] = {"timeout_s": timeout_s}
+        if name == "local" and device_type != "cuda":
+            kw["gpus"] = []
+        _EXECUTORS[key] = make_executor(name, **kw)
+        atexit.register(_EXECUTORS[key].close)
+    return _EXECUTORS[key]
+
+
+def harness_batch(family: OpFamily, spec: OpSpec, settings: "Settings") -> "EvaluateBatch":
+    """Evaluate batches in the isolated harness (static check, worker processes, time limit)."""
+    from ..harness.worker import make_jobs
+
+    executor = shared_executor(settings.executor, spec.device.type, settings.eval_timeout_s)
+
+    def run(cands: list) -> list[ScoredResult]:
+        return list(executor.map(make_jobs(family, spec, cands, seeds=settings.seeds)))
+
+    return run
 
 
 def search_spec(
@@ -90,8 +111,12 @@ def search_spec(
     settings: "Settings",
     timer: Timer | None = None,
     synth: Synthesizer | None = None,
+    evaluate_batch: EvaluateBatch | None = None,
 ) -> tuple["Entry | None", SearchOutcome]:
-    """Search one spec and package the winner as a store entry (not yet stored)."""
+    """Search one spec and package the winner as a store entry (not yet stored).
+
+    ``evaluate_batch`` defaults to the in-process Evaluator loop; pass an executor's batch
+    evaluation (e.g. the parallel harness) to score candidates elsewhere."""
     from ..store import Entry
 
     stats.bump("searches")
@@ -107,23 +132,28 @@ def search_spec(
 
         bw = copy_bandwidth(device)
     evaluator = Evaluator(family, spec, device=device, timer=timer, seeds=settings.seeds, floor_bw=bw)
-    max_c: int | None = settings.max_candidates
-    if max_c is not None and max_c < 0:
-        max_c = 4 if on_cpu else None
-    outcome = exhaustive_search(
-        family, spec, synth or TemplateSynthesizer(), evaluator,
-        budget_s=settings.search_budget_s, max_candidates=max_c,
+    if evaluate_batch is None:
+        # Injected timers (tests, cost models) only exist in this process; otherwise the harness judges.
+        evaluate_batch = sequential_batch(evaluator) if timer is not None or settings.executor == "inprocess" \
+            else harness_batch(family, spec, settings)
+    strategy = get_strategy(settings.search)
+    budget = settings_budget(settings, on_cpu)
+    outcome = strategy(
+        family, spec, synth or TemplateSynthesizer(), evaluate_batch, budget, settings.search_seed,
+        baseline_ms=evaluator.baseline_ms(),  # before the search: MCTS rewards are speedups over it
     )
+    outcome = finalize(outcome, evaluate_batch, reverify=evaluator.reverify,
+                       reverify_seeds=4 * max(1, len(evaluator.seeds)))
     log.info(
-        "searched %s: %d candidates, %d verified, best %s ms vs baseline %s ms in %.1fs",
-        spec.describe(), len(outcome.results), sum(r.ok for r in outcome.results),
+        "searched %s with %s: %d candidates, %d verified, best %s ms vs baseline %s ms in %.1fs (%s)",
+        spec.describe(), outcome.strategy, len(outcome.results), sum(r.ok for r in outcome.results),
         None if outcome.best is None else f"{outcome.best.time_ms:.4f}",
-        None if outcome.baseline_ms is None else f"{outcome.baseline_ms:.4f}", outcome.wall_s,
+        None if outcome.baseline_ms is None else f"{outcome.baseline_ms:.4f}", outcome.wall_s, outcome.stop_reason,
     )
     if outcome.best is None:
         return None, outcome
     best = outcome.best
-    floor_ms = best.diagnostics.profile.get("floor_ms")
+    floor_ms = family.floor_bytes(spec) / bw * 1e3 if bw else None
     meta = {
         "time_ms": best.time_ms,
         "baseline_ms": outcome.baseline_ms,
@@ -136,7 +166,7 @@ def search_spec(
         "profile": best.diagnostics.profile,
         "proposer": best.candidate.origin,
         "search": {
-            "strategy": "exhaustive",
+            "strategy": outcome.strategy,
             "evaluated": len(outcome.results),
             "verified": sum(r.ok for r in outcome.results),
             "wall_s": outcome.wall_s,
@@ -145,6 +175,9 @@ def search_spec(
                  "time_ms": r.time_ms, "diag": r.diagnostics.summary()}
                 for r in outcome.results
             ],
+            "stop": outcome.stop_reason,
+            "budget": {"max_evals": budget.max_evals, "wall_s": budget.wall_s, "patience": budget.patience},
+            "tree": outcome.tree.to_json() if outcome.tree is not None else None,
         },
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": spec.device.name,

@@ -1,0 +1,914 @@
+"""The segment_reduce family: ``aten.segment_reduce.default`` along axis 0.
+
+Why a family of its own: Inductor falls back to ATen for segment_reduce on CPU and GPU, and ATen's CUDA
+path launches a cumsum (for lengths), CUB segmented reductions for 1-D data and a generic one-thread-
+per-(segment, column) kernel otherwise, all accumulating in the data dtype.
+
+Served: reduce sum / mean / max / min / prod; ``lengths`` or ``offsets`` (``indices`` is skipped);
+axis 0 only; data ``[N, *trailing]`` in float32/float16/bfloat16 whose trailing dims flatten to one
+contiguous dim ``D`` (any row stride); 1-D int32/int64 lengths/offsets (any stride); ``initial`` a
+constant or None. ``unsafe`` is ignored (kernels mask every row read against ``[0, N)``, so bad lengths
+cannot fault; the eager fallback validates as with ``unsafe=False``).
+
+ATen semantics pinned here (tests compare against eager on CPU):
+
+* segment ``j`` is rows ``[offsets[j], offsets[j+1])`` (offsets need not start at 0), or with lengths
+  ``[sum(lengths[:j]), sum(lengths[:j+1]))``. If both lengths and offsets are given, lengths win.
+* ``initial`` is converted to the data dtype first (eager raises if it overflows it: we Skip); it seeds
+  the reduction: sum -> ``initial + sum``, prod -> ``initial * prod``, max/min -> ``max(initial, ...)``,
+  mean -> ``(initial + sum) / len``.
+* empty segments: sum 0, prod 1, max -inf, min +inf, mean NaN (0/0); with ``initial``: ``initial``
+  (mean included: no division when the segment is empty).
+* NaN in data propagates through max/min (and, naturally, sum/mean/prod); ``+inf + -inf`` is NaN.
+* eager accumulates in the data dtype (CPU: sequentially, so 3000 fp16 ones sum to 2048). The kernels
+  accumulate in fp32 and the reference is float64 rounded to the data dtype: on long fp16/bf16
+  segments our results are *more* accurate than eager's; tests compare with eager only where eager's
+  own rounding is within tolerance.
+
+Lengths vs offsets. A call plan launches one kernel and binds only inputs, outputs and constants, so a
+lengths spec cannot first turn lengths into offsets (ATen runs a cumsum kernel for that). Every template
+therefore takes lengths directly and computes the first row of its segments in-kernel: the prefix
+``sum(lengths[:first])`` by a vectorized blocked loop (``BLOCK_R`` lengths per step), then the starts of
+the segments in its tile by ``tl.cumsum``. That costs each program O(first) L2-resident loads, O(S^2)
+in total for one program per segment; ``candidates()`` keeps the total under a budget: per-segment
+programs only for small S, segment tiles for moderate S, and the persistent ``seg_chunk`` template
+(a few hundred programs, each computing its prefix once, O(P*S) total) always. A true O(S) single
+launch (decoupled look-back scan) needs a zeroed scratch buffer that is not an op output, and the
+simplest O(S) plan is two launches (a lengths cumsum into scratch, then the offsets kernel); ``CallPlan``
+has neither today (a ``workspace``/``pre`` extension would add both).
+
+Three templates share the reduction helpers: fp32 accumulation, int64 row addressing, masked loads
+reading the reduction's identity, rows clamped to ``[0, N)``. max/min reduce with ``tl.max``/``tl.min``,
+which drop NaN (GPU ``max.f32``; the interpreter's ``nanmax``), so every template ORs ``x != x`` into an
+int8 tile and makes the output NaN where a NaN was read. prod reduces with a generic ``tl.reduce``
+(elementwise accumulation, one reduction at the end; slow only in the interpreter).
+
+* ``seg_per_program``: grid (S, cdiv(D, BLOCK_D)); a program walks one segment in BLOCK_N-row chunks,
+  reducing each chunk at once or accumulating a [BLOCK_N, BLOCK_D] tile reduced at the end (ACC_TILE).
+  Long or skewed segments.
+* ``seg_tile``: grid (cdiv(S, BLOCK_S), cdiv(D, BLOCK_D)); BLOCK_S consecutive segments form a
+  [BLOCK_S, BLOCK_N, BLOCK_D] tile and the program steps through segment positions BLOCK_N at a time
+  up to the tile's longest segment. Many short segments, D = 1 (1-D data) included.
+* ``seg_chunk``: persistent-style grid (P, cdiv(D, BLOCK_D)); a program owns a contiguous chunk of
+  ceil(S / P) segments and walks it tile by tile (as ``seg_tile``), carrying the running row base, so a
+  lengths prefix is computed once per program.
+
+The op returns one tensor (no getitems), so ``Match.result_users`` is ``{0: [node]}``: the node itself.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+
+from ..spec import DeviceSig, OpSpec, TensorSig, software_versions
+from . import register
+from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip
+
+_OP = "aten.segment_reduce.default"
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_INDEX_DTYPES = (torch.int32, torch.int64)
+REDUCE_CODES = {"sum": 0, "mean": 1, "max": 2, "min": 3, "prod": 4}
+_MAX_TILE = 8192  # fp32 elements of a loaded tile: keeps register pressure sane on sm_90
+# Total lengths loads (elements, summed over programs) a lengths-spec candidate may spend on in-kernel
+# prefixes: 2^24 int32/int64 loads is ~64-128 MB of L2 traffic, ~10-25 us on an H100.
+_PREFIX_BUDGET = 1 << 24
+_CHUNK_PROGRAMS = (132, 264, 528, 1056)  # persistent grid sizes (H100 SXM has 132 SMs)
+_MAX_GRID_Y = 65535
+
+# ------------------------------------------------------------------------------------------------
+# Kernel sources. Each template's source is a complete module; shared helpers are pasted into each
+# so a template's text (and so its hash) depends only on what it runs.
+# ------------------------------------------------------------------------------------------------
+
+_HEADER = '''import triton
+import triton.language as tl
+'''
+
+_COMMON = '''
+
+@triton.jit
+def _mul(a, b):
+    return a * b
+
+
+@triton.jit
+def _identity(REDUCE: tl.constexpr):
+    \"\"\"The reduction's identity: what masked loads read and accumulators start from.\"\"\"
+    if REDUCE == 2:
+        v = float("-inf")
+    elif REDUCE == 3:
+        v = float("inf")
+    elif REDUCE == 4:
+        v = 1.0
+    else:
+        v = 0.0
+    return v
+
+
+@triton.jit
+def _combine(a, b, REDUCE: tl.constexpr):
+    \"\"\"Elementwise step. max/min may drop NaN here (GPU max.f32 does): callers track NaN apart.\"\"\"
+    if REDUCE == 2:
+        r = tl.maximum(a, b)
+    elif REDUCE == 3:
+        r = tl.minimum(a, b)
+    elif REDUCE == 4:
+        r = a * b
+    else:
+        r = a + b
+    return r
+
+
+@triton.jit
+def _reduce(x, AXIS: tl.constexpr, REDUCE: tl.constexpr):
+    \"\"\"Reduction along AXIS; NaN handling of max/min as in _combine.\"\"\"
+    if REDUCE == 2:
+        r = tl.max(x, AXIS)
+    elif REDUCE == 3:
+        r = tl.min(x, AXIS)
+    elif REDUCE == 4:
+        r = tl.reduce(x, AXIS, _mul)
+    else:
+        r = tl.sum(x, AXIS)
+    return r
+
+
+@triton.jit
+def _finalize(acc, count, nan_seen, initial,
+              REDUCE: tl.constexpr, HAS_INITIAL: tl.constexpr, INIT_INF: tl.constexpr):
+    \"\"\"Apply ``initial``, the mean's division and (max/min) NaN propagation.
+
+    ``count``: raw segment lengths (int64); ``nan_seen``: int8, > 0 where a NaN was read (max/min).
+    \"\"\"
+    if HAS_INITIAL:
+        if INIT_INF > 0:
+            init = float("inf")
+        elif INIT_INF < 0:
+            init = float("-inf")
+        else:
+            init = initial
+        acc = _combine(acc, init, REDUCE)
+    if REDUCE == 1:
+        # Empty: 0 / 0 = NaN without initial, the initial itself with one (no division).
+        q = acc / count.to(tl.float32)
+        if HAS_INITIAL:
+            acc = tl.where(count > 0, q, acc)
+        else:
+            acc = q
+    if REDUCE == 2 or REDUCE == 3:
+        acc = tl.where(nan_seen > 0, float("nan"), acc)
+    return acc
+
+
+@triton.jit
+def _prefix(seg_ptr, first, stride_seg, BLOCK_R: tl.constexpr, PREFIX_I64: tl.constexpr):
+    \"\"\"sum(lengths[0:first]) (int64 scalar), BLOCK_R lengths per step.\"\"\"
+    if PREFIX_I64:
+        acc = tl.zeros([BLOCK_R], dtype=tl.int64)
+    else:
+        acc = tl.zeros([BLOCK_R], dtype=tl.int32)
+    r = tl.arange(0, BLOCK_R).to(tl.int64)
+    for r0 in range(0, first, BLOCK_R):
+        rr = r0 + r
+        acc += tl.load(seg_ptr + rr * stride_seg, mask=rr < first, other=0).to(acc.dtype)
+    return tl.sum(acc, axis=0).to(tl.int64)
+'''
+
+_TILE = '''
+
+@triton.jit
+def _seg_tile(
+    data_ptr, seg_ptr, out_ptr, s0, seg_end, base, d, d_mask,
+    num_rows, stride_row, stride_seg, stride_out, initial,
+    REDUCE: tl.constexpr, USE_OFFSETS: tl.constexpr, HAS_INITIAL: tl.constexpr, INIT_INF: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    \"\"\"Reduce segments [s0, s0 + BLOCK_S) (those < seg_end) for columns d; store them.
+
+    ``base``: first row of segment s0 (lengths only). Returns the first row of segment s0 + BLOCK_S.
+    \"\"\"
+    segs = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
+    live = segs < seg_end
+    if USE_OFFSETS:
+        starts = tl.load(seg_ptr + segs * stride_seg, mask=live, other=0).to(tl.int64)
+        ends = tl.load(seg_ptr + (segs + 1) * stride_seg, mask=live, other=0).to(tl.int64)
+        lens = ends - starts
+    else:
+        lens = tl.load(seg_ptr + segs * stride_seg, mask=live, other=0).to(tl.int64)
+        starts = base + tl.cumsum(lens, axis=0) - lens
+    # Rows actually read: clamped to [0, num_rows) so bad (unsafe) lengths/offsets cannot fault.
+    lo = tl.minimum(tl.maximum(starts, 0), num_rows)
+    span = tl.maximum(tl.minimum(starts + lens, num_rows) - lo, 0)
+    max_span = tl.max(span, axis=0)
+    if REDUCE == 4:  # products accumulate elementwise, one reduction at the end
+        acc3 = tl.zeros([BLOCK_S, BLOCK_N, BLOCK_D], dtype=tl.float32) + 1.0
+    else:
+        acc = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32) + _identity(REDUCE)
+    if REDUCE == 2 or REDUCE == 3:  # NaN seen per element (max/min reductions drop NaN)
+        nan3 = tl.zeros([BLOCK_S, BLOCK_N, BLOCK_D], dtype=tl.int8)
+    n = tl.arange(0, BLOCK_N)
+    for j0 in range(0, max_span, BLOCK_N):
+        j = j0 + n
+        rm = j[None, :] < span[:, None]
+        rows = lo[:, None] + j[None, :]
+        x = tl.load(
+            data_ptr + rows[:, :, None] * stride_row + d[None, None, :],
+            mask=rm[:, :, None] & d_mask[None, None, :],
+            other=_identity(REDUCE),
+        ).to(tl.float32)
+        if REDUCE == 2 or REDUCE == 3:
+            nan3 = nan3 | (x != x).to(tl.int8)
+        if REDUCE == 4:
+            acc3 = acc3 * x
+        else:
+            acc = _combine(acc, _reduce(x, 1, REDUCE), REDUCE)
+    if REDUCE == 4:
+        acc = tl.reduce(acc3, 1, _mul)
+    if REDUCE == 2 or REDUCE == 3:
+        nan_seen = tl.max(nan3, axis=1)
+    else:
+        nan_seen = 0
+    res = _finalize(acc, lens[:, None], nan_seen, initial, REDUCE, HAS_INITIAL, INIT_INF)
+    tl.store(
+        out_ptr + segs[:, None] * stride_out + d[None, :],
+        res.to(out_ptr.dtype.element_ty),
+        mask=live[:, None] & d_mask[None, :],
+    )
+    return base + tl.sum(lens, axis=0)
+'''
+
+_SIGNATURE = '''
+    data_ptr, seg_ptr, out_ptr,
+    num_rows, num_segs, dim, stride_row, stride_seg, stride_out, initial,
+    REDUCE: tl.constexpr, USE_OFFSETS: tl.constexpr, HAS_INITIAL: tl.constexpr, INIT_INF: tl.constexpr,
+    PREFIX_I64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,'''
+
+SEG_PER_PROGRAM_SOURCE = _HEADER + _COMMON + '''
+
+@triton.jit
+def segment_reduce_seg_per_program(''' + _SIGNATURE + '''
+    BLOCK_N: tl.constexpr, ACC_TILE: tl.constexpr,
+):
+    \"\"\"One program = one segment x one BLOCK_D slice, walking the segment BLOCK_N rows at a time.\"\"\"
+    seg = tl.program_id(0).to(tl.int64)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = d < dim
+    if USE_OFFSETS:
+        start = tl.load(seg_ptr + seg * stride_seg).to(tl.int64)
+        end = tl.load(seg_ptr + (seg + 1) * stride_seg).to(tl.int64)
+    else:
+        start = _prefix(seg_ptr, seg, stride_seg, BLOCK_R, PREFIX_I64)
+        end = start + tl.load(seg_ptr + seg * stride_seg).to(tl.int64)
+    # Rows actually read: clamped to [0, num_rows) so bad (unsafe) lengths/offsets cannot fault.
+    lo = tl.minimum(tl.maximum(start, 0), num_rows)
+    hi = tl.maximum(tl.minimum(end, num_rows), lo)
+    n = tl.arange(0, BLOCK_N)
+    if ACC_TILE:  # elementwise accumulation, one cross-row reduction at the end
+        acc_t = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32) + _identity(REDUCE)
+    else:
+        acc = tl.zeros([BLOCK_D], dtype=tl.float32) + _identity(REDUCE)
+    if REDUCE == 2 or REDUCE == 3:  # NaN seen per element (max/min reductions drop NaN)
+        nan_t = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.int8)
+    for r0 in range(lo, hi, BLOCK_N):
+        r = r0 + n
+        x = tl.load(
+            data_ptr + r[:, None] * stride_row + d[None, :],
+            mask=(r < hi)[:, None] & d_mask[None, :],
+            other=_identity(REDUCE),
+        ).to(tl.float32)
+        if REDUCE == 2 or REDUCE == 3:
+            nan_t = nan_t | (x != x).to(tl.int8)
+        if ACC_TILE:
+            acc_t = _combine(acc_t, x, REDUCE)
+        else:
+            acc = _combine(acc, _reduce(x, 0, REDUCE), REDUCE)
+    if ACC_TILE:
+        acc = _reduce(acc_t, 0, REDUCE)
+    if REDUCE == 2 or REDUCE == 3:
+        nan_seen = tl.max(nan_t, axis=0)
+    else:
+        nan_seen = 0
+    res = _finalize(acc, end - start, nan_seen, initial, REDUCE, HAS_INITIAL, INIT_INF)
+    tl.store(out_ptr + seg * stride_out + d, res.to(out_ptr.dtype.element_ty), mask=d_mask)
+'''
+
+SEG_TILE_SOURCE = _HEADER + _COMMON + _TILE + '''
+
+@triton.jit
+def segment_reduce_seg_tile(''' + _SIGNATURE + '''
+    BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    \"\"\"One program = BLOCK_S consecutive segments as tile rows x one BLOCK_D slice.\"\"\"
+    first = tl.program_id(0).to(tl.int64) * BLOCK_S
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = d < dim
+    if USE_OFFSETS:
+        base = first * 0
+    else:
+        base = _prefix(seg_ptr, first, stride_seg, BLOCK_R, PREFIX_I64)
+    _seg_tile(
+        data_ptr, seg_ptr, out_ptr, first, num_segs, base, d, d_mask,
+        num_rows, stride_row, stride_seg, stride_out, initial,
+        REDUCE, USE_OFFSETS, HAS_INITIAL, INIT_INF, BLOCK_S, BLOCK_N, BLOCK_D,
+    )
+'''
+
+SEG_CHUNK_SOURCE = _HEADER + _COMMON + _TILE + '''
+
+@triton.jit
+def segment_reduce_seg_chunk(''' + _SIGNATURE + '''
+    segs_per_prog, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    \"\"\"One program = a contiguous chunk of segs_per_prog segments, BLOCK_S at a time, x one BLOCK_D slice.
+
+    The lengths prefix is computed once per program and carried from tile to tile.
+    \"\"\"
+    first = tl.program_id(0).to(tl.int64) * segs_per_prog
+    last = tl.minimum(first + segs_per_prog, num_segs)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = d < dim
+    if USE_OFFSETS:
+        base = first * 0
+    else:
+        base = _prefix(seg_ptr, first, stride_seg, BLOCK_R, PREFIX_I64)
+    for s0 in range(first, last, BLOCK_S):
+        base = _seg_tile(
+            data_ptr, seg_ptr, out_ptr, s0, last, base, d, d_mask,
+            num_rows, stride_row, stride_seg, stride_out, initial,
+            REDUCE, USE_OFFSETS, HAS_INITIAL, INIT_INF, BLOCK_S, BLOCK_N, BLOCK_D,
+        )
+'''
+
+TEMPLATES: dict[str, tuple[str, str]] = {
+    # template name -> (kernel name, source)
+    "seg_per_program": ("segment_reduce_seg_per_program", SEG_PER_PROGRAM_SOURCE),
+    "seg_tile": ("segment_reduce_seg_tile", SEG_TILE_SOURCE),
+    "seg_chunk": ("segment_reduce_seg_chunk", SEG_CHUNK_SOURCE),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(int(x) - 1, 0).bit_length()
+
+
+def _elem_size(dtype: str) -> int:
+    return torch.empty((), dtype=getattr(torch, dtype)).element_size()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _all_int(t: Any) -> bool:
+    """True when every size and stride is a concrete int (SymInts are not ``int``)."""
+    return all(isinstance(s, int) for s in tuple(t.shape) + tuple(t.stride()))
+
+
+def _trailing_flat(shape: Sequence[int], stride: Sequence[int]) -> bool:
+    """Whether dims 1.. of a tensor flatten to one contiguous run (size-1 dims may have any stride)."""
+    acc = 1
+    for s, st in zip(reversed(tuple(shape)[1:]), reversed(tuple(stride)[1:])):
+        if s != 1 and st != acc:
+            return False
+        acc *= s
+    return True
+
+
+def _storage_size(shape: Sequence[int], stride: Sequence[int]) -> int:
+    if any(s == 0 for s in shape):
+        return 0
+    return 1 + sum((s - 1) * st for s, st in zip(shape, stride))
+
+
+def _strided(sig: TensorSig, values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A tensor with exactly ``sig``'s shape/stride/dtype holding ``values`` (a dense tensor)."""
+    base = torch.zeros(_storage_size(sig.shape, sig.stride), dtype=sig.torch_dtype, device=device)
+    view = base.as_strided(sig.shape, sig.stride)
+    if view.numel() == 0:
+        return view
+    if any(st == 0 and s > 1 for s, st in zip(sig.shape, sig.stride)):  # expanded: aliases share a value
+        base.fill_(values.reshape(-1)[0].item())
+    else:
+        view.copy_(values.reshape(sig.shape).to(sig.torch_dtype))
+    return view
+
+
+def _normalize_initial(initial: Any, dtype: torch.dtype) -> float | None:
+    """``initial`` as the data dtype holds it (eager converts it first). Raises ValueError if unusable."""
+    if initial is None:
+        return None
+    if isinstance(initial, bool):
+        initial = int(initial)
+    if not isinstance(initial, (int, float)):
+        raise ValueError(f"initial={initial!r} is not a constant number")
+    v = float(initial)
+    if math.isnan(v):
+        raise ValueError("initial=nan is not served (NaN constants do not compare equal in spec keys)")
+    if math.isfinite(v) and abs(v) > torch.finfo(dtype).max:
+        raise ValueError(f"initial={initial!r} overflows {dtype} (eager raises)")
+    return float(torch.tensor(v, dtype=torch.float64).to(dtype).item())
+
+
+def _segment_sizes(n: int, s: int, gen: torch.Generator, empty_frac: float = 0.1) -> torch.Tensor:
+    """``s`` random segment lengths summing to ``n``, about ``empty_frac`` of them forced empty."""
+    if s <= 1:
+        return torch.full((max(s, 0),), n, dtype=torch.int64)
+    cuts = torch.sort(torch.randint(0, n + 1, (s - 1,), generator=gen)).values
+    starts = torch.cat([torch.zeros(1, dtype=torch.int64), cuts])
+    forced = torch.rand(s, generator=gen) < empty_frac
+    forced[0] = False
+    starts = torch.where(forced, torch.zeros_like(starts), starts)
+    starts = torch.cummax(starts, 0).values  # a forced segment takes its predecessor's start: empty
+    return torch.diff(torch.cat([starts, starts.new_tensor([n])]))
+
+
+class SegmentReduceFamily(OpFamily):
+    """``aten.segment_reduce`` along axis 0 with lengths or offsets: sum/mean/max/min/prod."""
+
+    name = "segment_reduce"
+    ops = (_OP,)
+    template_version = "1"
+
+    # -- specs -----------------------------------------------------------------------------------
+    @staticmethod
+    def _unsupported(data: Any, segs: Any, reduce: str, use_offsets: bool) -> str | None:
+        """Why these (real or fake) tensors and constants can't be served, or None."""
+        if reduce not in REDUCE_CODES:
+            return f"unknown segment_reduce reduction {reduce!r}"
+        if data.dtype not in _FLOAT_DTYPES:
+            return f"data dtype {data.dtype} not in float32/float16/bfloat16"
+        what = "offsets" if use_offsets else "lengths"
+        if segs.dtype not in _INDEX_DTYPES:
+            return f"{what} dtype {segs.dtype} not int32/int64"
+        for name, t in (("data", data), (what, segs)):
+            if not _all_int(t):
+                return f"{name} has symbolic sizes/strides (dynamic shapes not served yet)"
+        if data.dim() < 1:
+            return "data is 0-D"
+        if segs.dim() != 1:
+            return f"{what} is {segs.dim()}-D, expected 1-D (batched segments are not served)"
+        if not _trailing_flat(data.shape, data.stride()):
+            return f"data's trailing dims (strides {tuple(data.stride())[1:]}) do not flatten to one contiguous dim"
+        num_segs = segs.shape[0] - (1 if use_offsets else 0)
+        if num_segs <= 0:
+            return "no segments (empty lengths/offsets)"
+        d = math.prod(data.shape[1:])
+        if _cdiv(d, 256) > _MAX_GRID_Y:
+            return f"trailing size {d} too large for the grid"
+        if data.device != segs.device:
+            return "inputs on different devices"
+        return None
+
+    @classmethod
+    def spec_for(
+        cls,
+        data: torch.Tensor,
+        reduce: str,
+        lengths: torch.Tensor | None = None,
+        offsets: torch.Tensor | None = None,
+        initial: Any = None,
+        indices: torch.Tensor | None = None,
+        axis: int = 0,
+        op: str = _OP,
+    ) -> OpSpec:
+        """The spec of a call on concrete (or fake) tensors. Raises ValueError if unsupported."""
+        if indices is not None:
+            raise ValueError("indices= is not served (only lengths or offsets)")
+        if lengths is None and offsets is None:
+            raise ValueError("neither lengths nor offsets given")
+        nd = data.dim()
+        if not isinstance(axis, int) or nd == 0 or not -nd <= axis < nd or axis % nd != 0:
+            raise ValueError(f"axis={axis} is not served (axis 0 only)")
+        use_offsets = lengths is None  # aten: lengths win when both are given
+        segs = lengths if lengths is not None else offsets
+        assert segs is not None
+        why = cls._unsupported(data, segs, reduce, use_offsets)
+        if why is not None:
+            raise ValueError(why)
+        init = _normalize_initial(initial, data.dtype)
+        consts = tuple(sorted({"reduce": reduce, "use_offsets": use_offsets, "initial": init}.items()))
+        return OpSpec(
+            family=cls.name,
+            op=op,
+            args=(TensorSig.of(data), TensorSig.of(segs)),
+            consts=consts,
+            device=DeviceSig.of(data.device),
+            versions=software_versions(cls.template_version),
+        )
+
+    @staticmethod
+    def _dims(spec: OpSpec) -> tuple[int, int, int]:
+        """(N, D, S): data rows, flattened trailing size, number of segments."""
+        data, segs = spec.args
+        assert data is not None and segs is not None
+        s = segs.shape[0] - (1 if spec.const("use_offsets") else 0)
+        return data.shape[0], math.prod(data.shape[1:]), s
+
+    # -- detection -------------------------------------------------------------------------------
+    def match(self, node: Any) -> Match | Skip:
+        from torch.fx.operator_schemas import normalize_function
+
+        op = str(getattr(node, "target", ""))
+        if getattr(node, "op", None) != "call_function" or op != _OP:
+            return Skip(f"{op or node!s} is not aten.segment_reduce")
+        norm = normalize_function(node.target, tuple(node.args), dict(node.kwargs), normalize_to_only_use_kwargs=True)
+        if norm is None:
+            return Skip("could not normalize segment_reduce arguments")
+        kw = dict(norm.kwargs)
+        for a in node.target._schema.arguments:  # fill defaults normalize_function may leave out
+            if a.name not in kw and a.has_default_value():
+                kw[a.name] = a.default_value
+
+        def val(x: Any) -> Any:
+            return None if x is None else x.meta.get("val") if hasattr(x, "meta") else x
+
+        d_node, l_node, o_node, i_node = kw["data"], kw.get("lengths"), kw.get("offsets"), kw.get("indices")
+        data, lengths, offsets, indices = val(d_node), val(l_node), val(o_node), val(i_node)
+        if i_node is not None:
+            return Skip("indices= is not served (only lengths or offsets)")
+        if l_node is None and o_node is None:
+            return Skip("neither lengths nor offsets given")
+        seg_node = l_node if l_node is not None else o_node
+        if not isinstance(data, torch.Tensor) or not isinstance(val(seg_node), torch.Tensor):
+            return Skip("input tensors have no FakeTensor metadata")
+        reduce, axis, initial = kw.get("reduce"), kw.get("axis", 0), kw.get("initial")
+        if not isinstance(reduce, str):
+            return Skip(f"reduce is not a constant ({reduce!r})")
+        if not isinstance(axis, int):
+            return Skip(f"axis is not a constant ({axis!r})")
+        if initial is not None and (hasattr(initial, "meta") or not isinstance(initial, (int, float, bool))):
+            return Skip(f"initial is not a constant number ({initial!r})")
+        if not isinstance(val(node), torch.Tensor):
+            return Skip("segment_reduce result has no FakeTensor metadata")
+        try:
+            spec = self.spec_for(data, reduce, lengths=lengths, offsets=offsets if l_node is None else None,
+                                 initial=initial, axis=axis, op=op)
+        except ValueError as e:
+            return Skip(str(e))
+        # The op returns one tensor (no getitems): the node itself stands for output 0.
+        return Match(spec=spec, inputs=[d_node, seg_node], result_users={0: [node]})
+
+    # -- semantics -------------------------------------------------------------------------------
+    def eager(self, spec: OpSpec, inputs: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+        data, segs = inputs
+        key = "offsets" if spec.const("use_offsets") else "lengths"
+        out = torch.ops.aten.segment_reduce.default(
+            data, str(spec.const("reduce")), axis=0, unsafe=False, initial=spec.const("initial"), **{key: segs}
+        )
+        return [out]
+
+    def reference(self, spec: OpSpec, inputs: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+        """float64 segment reduction by index_add / scatter_reduce, rounded to the data dtype."""
+        data, segs = inputs
+        assert data is not None and segs is not None
+        reduce, init = str(spec.const("reduce")), spec.const("initial")
+        n = data.shape[0]
+        trailing = tuple(data.shape[1:])
+        d = math.prod(trailing)
+        x = data.reshape(n, d).to(torch.float64)
+        sg = segs.reshape(-1).to(torch.int64)
+        if spec.const("use_offsets"):
+            starts, lens = sg[:-1], sg[1:] - sg[:-1]
+        else:
+            lens = sg
+            starts = torch.cumsum(lens, 0) - lens
+        s = lens.numel()
+        dev = x.device
+        lens_c = lens.clamp(min=0)
+        ids = torch.repeat_interleave(torch.arange(s, device=dev), lens_c)
+        first = torch.repeat_interleave(torch.cumsum(lens_c, 0) - lens_c, lens_c)
+        rows = torch.arange(ids.numel(), device=dev) - first + starts[ids]
+        vals = x[rows]  # [total, D]
+        idx2 = ids[:, None].expand(-1, d)
+        if reduce in ("sum", "mean"):
+            out = torch.zeros(s, d, dtype=torch.float64, device=dev).index_add_(0, ids, vals)
+            if init is not None:
+                out = out + init
+            if reduce == "mean":
+                cnt = lens.to(torch.float64)[:, None]
+                if init is None:
+                    out = torch.where(cnt > 0, out / cnt.clamp(min=1), torch.full_like(out, math.nan))
+                else:
+                    out = torch.where(cnt > 0, out / cnt.clamp(min=1), out)
+        elif reduce in ("max", "min"):
+            nan = torch.isnan(vals)
+            fill = -math.inf if reduce == "max" else math.inf
+            clean = torch.where(nan, torch.full_like(vals, fill), vals)
+            out = torch.full((s, d), fill, dtype=torch.float64, device=dev)
+            out.scatter_reduce_(0, idx2, clean, "amax" if reduce == "max" else "amin", include_self=True)
+            if init is not None:
+                out = out.clamp(min=init) if reduce == "max" else out.clamp(max=init)
+            nan_cnt = torch.zeros(s, d, dtype=torch.float64, device=dev).index_add_(0, ids, nan.to(torch.float64))
+            out = torch.where(nan_cnt > 0, torch.full_like(out, math.nan), out)
+        elif reduce == "prod":
+            out = torch.ones(s, d, dtype=torch.float64, device=dev)
+            out.scatter_reduce_(0, idx2, vals, "prod", include_self=True)
+            if init is not None:
+                out = out * init
+        else:
+            raise ValueError(f"unknown reduce {reduce!r}")
+        out = out.to(data.dtype).to(torch.float64)  # the op's output dtype: overflow to inf like it does
+        return [out.reshape((s,) + trailing)]
+
+    # -- inputs ----------------------------------------------------------------------------------
+    @staticmethod
+    def _values(reduce: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+        if reduce == "prod":  # magnitudes near 1: long products neither over- nor underflow
+            mag = torch.rand(shape, generator=gen) * 0.45 + 0.8
+            sign = torch.where(torch.rand(shape, generator=gen) < 0.5, -1.0, 1.0)
+            return mag * sign
+        return torch.randn(shape, generator=gen)
+
+    def _build(
+        self, spec: OpSpec, values: torch.Tensor, sizes: torch.Tensor, sigs: Sequence[TensorSig | None] | None = None
+    ) -> list[torch.Tensor | None]:
+        """Lay dense values / segment sizes out with ``sigs`` (defaults: the spec's) on the spec's device."""
+        device = torch.device("cuda" if spec.device.type == "cuda" else spec.device.type)
+        d_sig, s_sig = spec.args if sigs is None else sigs
+        assert d_sig is not None and s_sig is not None
+        sizes = sizes.to(torch.int64)
+        if spec.const("use_offsets"):
+            segs = torch.cat([sizes.new_zeros(1), torch.cumsum(sizes, 0)])
+        else:
+            segs = sizes
+        return [_strided(d_sig, values, device), _strided(s_sig, segs, device)]
+
+    def make_inputs(self, spec: OpSpec, seed: int) -> list[torch.Tensor | None]:
+        gen = torch.Generator().manual_seed(int(seed))
+        n, _, s = self._dims(spec)
+        d_sig = spec.args[0]
+        assert d_sig is not None
+        values = self._values(str(spec.const("reduce")), d_sig.shape, gen)
+        return self._build(spec, values, _segment_sizes(n, s, gen))
+
+    def _case(
+        self, spec: OpSpec, name: str, values: torch.Tensor, sizes: Sequence[int], row_stride: int | None = None
+    ) -> tuple[str, OpSpec, list[torch.Tensor | None]]:
+        """An edge case with the spec's dtypes/constants and its own shapes (``values``: [N] or [N, D])."""
+        d_sig, s_sig = spec.args
+        assert d_sig is not None and s_sig is not None
+        n = values.shape[0]
+        assert sum(sizes) == n
+        if values.dim() == 1:
+            shape, stride = (n,), (row_stride or 1,)
+        else:
+            d = values.shape[1]
+            shape, stride = (n, d), (row_stride or d, 1)
+        use_off = bool(spec.const("use_offsets"))
+        sigs = (TensorSig(d_sig.dtype, shape, stride), TensorSig(s_sig.dtype, (len(sizes) + use_off,), (1,)))
+        inputs = self._build(spec, values, torch.tensor(list(sizes), dtype=torch.int64), sigs)
+        data, segs = inputs
+        assert data is not None and segs is not None
+        case_spec = self.spec_for(
+            data, str(spec.const("reduce")), lengths=None if use_off else segs, offsets=segs if use_off else None,
+            initial=spec.const("initial"), op=spec.op,
+        )
+        return name, case_spec, inputs
+
+    # NaN in data is part of every verification (the Evaluator's unmodified-input check is NaN-aware).
+    nan_edge_cases: bool = True
+
+    def edge_cases(
+        self, spec: OpSpec, include_nan: bool | None = None
+    ) -> list[tuple[str, OpSpec, list[torch.Tensor | None]]]:
+        gen = torch.Generator().manual_seed(1234)
+        reduce = str(spec.const("reduce"))
+        _, d_spec, _ = self._dims(spec)
+        dt = spec.args[0].torch_dtype if spec.args[0] is not None else torch.float32
+        d = max(1, min(d_spec, 64))
+
+        def vals(n: int, dim: int | None = d) -> torch.Tensor:
+            return self._values(reduce, (n,) if dim is None else (n, dim), gen)
+
+        inf = math.inf
+        infs = vals(12, 4)
+        infs[0:3, 1] = inf  # segment 0: +inf in a column
+        infs[3, 2] = -inf  # segment 1: -inf
+        infs[6, 3], infs[7, 3] = inf, -inf  # segment 2: inf + -inf = NaN for sum/mean/prod
+        infs[9:12, 0] = -inf  # segment 3: all -inf in a column
+        big = 1e30 if dt in (torch.float32, torch.bfloat16) else 1e4
+        extreme = torch.rand(10, d, generator=gen) * big + big / 4  # one sign: eager's limits not crossed
+        cases = [
+            self._case(spec, "all_segments_empty", vals(0), [0, 0, 0, 0]),
+            self._case(spec, "first_and_last_empty", vals(9), [0, 3, 2, 4, 0]),
+            self._case(spec, "one_segment", vals(7), [7]),
+            self._case(spec, "one_huge_segment", vals(1002, min(d, 16)), [1, 1000, 1, 0]),
+            self._case(spec, "single_row", vals(1), [1]),
+            self._case(spec, "dim_1_data_1d", vals(18, None), [3, 0, 5, 1, 9]),
+            self._case(spec, "odd_dim_33", vals(23, 33), [5, 0, 1, 17]),
+            self._case(spec, "strided_rows", vals(12), [4, 8], row_stride=d + 7),
+            self._case(spec, "many_tiny_segments", vals(150, min(d, 4)), [i % 3 for i in range(150)]),
+            self._case(spec, "inf_values", infs, [3, 3, 3, 3, 0]),
+            self._case(spec, "extreme_values", extreme, [3, 1, 2, 4]),
+        ]
+        if self.nan_edge_cases if include_nan is None else include_nan:
+            nans = vals(14, 4)
+            nans[0, 0] = math.nan  # segment 0: one NaN in a column
+            nans[3:6, 1] = math.nan  # segment 1: a NaN column
+            nans[6, 2], nans[7, 2] = math.nan, inf  # segment 2: NaN next to +inf
+            nans[8, 3], nans[9, 3] = -inf, math.nan  # segment 2: NaN after -inf (max/min order)
+            nans[12, :] = math.nan  # segment 4: a NaN row
+            cases.append(self._case(spec, "nan_values", nans, [3, 3, 4, 2, 2]))
+        return cases
+
+    # -- numerics / cost -------------------------------------------------------------------------
+    def floor_bytes(self, spec: OpSpec) -> int:
+        data, segs = spec.args
+        assert data is not None and segs is not None
+        n, d, s = self._dims(spec)
+        e = _elem_size(data.dtype)
+        return n * d * e + segs.numel() * _elem_size(segs.dtype) + s * d * e
+
+    # -- kernels ---------------------------------------------------------------------------------
+    @staticmethod
+    def _warps(tile: int) -> int:
+        """~32 loaded elements per thread, 1..8 warps (untuned on H100: a knob the search varies)."""
+        return max(1, min(8, _next_pow2(max(tile // 1024, 1))))
+
+    def candidates(self, spec: OpSpec) -> list[Candidate]:
+        """Template x tile proposals, a segment-length-aware default first, ~15-30.
+
+        Lengths specs only get templates whose in-kernel prefix cost fits ``_PREFIX_BUDGET``
+        (``seg_chunk`` always: its cost is P*S, the least a single launch can do).
+        """
+        n, d, s = self._dims(spec)
+        use_off = bool(spec.const("use_offsets"))
+        avg = n / max(s, 1)
+        bd_max = min(_next_pow2(max(d, 1)), 256)
+        bd0 = min(bd_max, 128)
+        bd_opts = [bd0] + [x for x in (bd0 // 2, bd_max) if 16 <= x and x != bd0]
+        br = 2048 if s > 8192 else 1024
+
+        def nd(bd: int) -> int:
+            return _cdiv(max(d, 1), bd)
+
+        def prefix_ok(programs: int, bd: int) -> bool:
+            return use_off or programs * nd(bd) * s / 2 <= _PREFIX_BUDGET
+
+        out: list[tuple[str, dict[str, Any]]] = []
+
+        def common(bd: int, tile: int, nw: int | None, stages: int, r: int | None = None) -> dict[str, Any]:
+            return dict(BLOCK_D=bd, BLOCK_R=r or br, num_warps=nw or self._warps(tile), num_stages=stages)
+
+        def per_program(bd: int, bn: int, acc: bool = False, nw: int | None = None, stages: int = 2) -> None:
+            if bd * bn <= _MAX_TILE and prefix_ok(s, bd):
+                out.append(("seg_per_program", dict(common(bd, bd * bn, nw, stages), BLOCK_N=bn, ACC_TILE=acc)))
+
+        def tile(bd: int, bs: int, bn: int, nw: int | None = None) -> None:
+            if bd * bs * bn <= _MAX_TILE and prefix_ok(_cdiv(s, bs), bd):
+                out.append(("seg_tile", dict(common(bd, bd * bs * bn, nw, 2), BLOCK_S=bs, BLOCK_N=bn)))
+
+        def chunk(bd: int, bs: int, bn: int, progs: int, nw: int | None = None, stages: int = 2,
+                  r: int | None = None) -> None:
+            if bd * bs * bn <= _MAX_TILE:
+                out.append(("seg_chunk", dict(common(bd, bd * bs * bn, nw, stages, r), BLOCK_S=bs, BLOCK_N=bn,
+                                              PROGRAMS=progs)))
+
+        # One segment per program: BLOCK_N rows per step cover the average segment, tile <= 4K elements.
+        bn_cap = max(1, 4096 // bd0)
+        bn0 = max(1, min(_next_pow2(max(1, math.ceil(avg))), bn_cap))
+        bn_opts = [bn0] + [x for x in (bn0 * 2, bn0 // 2, bn0 * 4) if 1 <= x and bd0 * x <= _MAX_TILE and x != bn0]
+        # Tiles of segments: positions per step ~ the average length (<= 16), segments per tile so that
+        # a tile holds ~1-4K elements.
+        bn_t = max(1, min(_next_pow2(max(1, math.ceil(avg))), 16))
+        bs_all = [x for x in (1, 2, 4, 8, 16, 32, 64, 128) if bd0 * x * bn_t <= 4096 and x <= max(1, _next_pow2(s))]
+        bs_opts = [x for x in bs_all if x >= 4] or bs_all[-1:]
+        bs0 = bs_opts[len(bs_opts) // 2]
+        bn_t_opts = [x for x in (bn_t * 2, bn_t // 2) if x >= 1 and bd0 * bs0 * x <= _MAX_TILE]
+        # Persistent grids: more programs than chunks of one tile make no sense; lengths specs keep the
+        # prefix budget (the smallest grid always stays).
+        progs_opts = [p for p in _CHUNK_PROGRAMS if p * bs0 < s] or [min(_CHUNK_PROGRAMS)]
+        progs_opts = [progs_opts[0]] + [p for p in progs_opts[1:] if prefix_ok(p, bd0)]
+        tiles_ok = prefix_ok(_cdiv(s, bs0), bd0)
+
+        # Default first: long segments (or few) -> one per program; short ones -> segment tiles, or
+        # persistent chunks when per-tile lengths prefixes would cost too much.
+        if avg >= 32 or s < 64:
+            per_program(bd0, bn0)
+        if tiles_ok:
+            tile(bd0, bs0, bn_t)
+        chunk(bd0, bs0, bn_t, progs_opts[0])
+
+        # (a) one segment per program: BLOCK_D x BLOCK_N, tile accumulator, warps/stages.
+        for bd in bd_opts:
+            for bn in bn_opts[:3]:
+                per_program(bd, bn)
+        per_program(bd0, bn0, acc=True, nw=max(2, self._warps(bd0 * bn0)))
+        per_program(bd0, bn_opts[-1], acc=True)
+        nw0 = self._warps(bd0 * bn0)
+        if nw0 * 2 <= 8:
+            per_program(bd0, bn0, nw=nw0 * 2)
+        per_program(bd0, bn0, stages=3)
+
+        # (b) segment tiles: segments per tile x positions per step x BLOCK_D.
+        for bs in bs_opts:
+            tile(bd0, bs, bn_t)
+        for bn in bn_t_opts:
+            tile(bd0, bs0, bn)
+        if len(bd_opts) > 1:
+            tile(bd_opts[1], bs0, bn_t)
+
+        # (c) persistent chunks: grid size, then (all the more when the other templates are out of the
+        # prefix budget) the tile's shape.
+        for p in progs_opts:
+            chunk(bd0, bs0, bn_t, p)
+        p0 = progs_opts[0]
+        chunk(bd0, max(1, bs0 // 2), bn_t_opts[0] if bn_t_opts else bn_t, p0)
+        if s >= 2 * max(progs_opts):  # long chunks of long-ish segments: one segment at a time
+            chunk(bd0, 1, bn0, p0)
+        if not prefix_ok(s, bd0):  # per-segment programs are out of the lengths budget: vary chunks more
+            for bs in bs_opts:
+                chunk(bd0, bs, bn_t, p0)
+            for bn in bn_t_opts:
+                chunk(bd0, bs0, bn, p0)
+            for bd in bd_opts[1:]:
+                chunk(bd, bs0, bn_t, p0)
+            nwc = self._warps(bd0 * bs0 * bn_t)
+            for nw in (nwc * 2, nwc // 2):
+                if 1 <= nw <= 8:
+                    chunk(bd0, bs0, bn_t, p0, nw=nw)
+            if len(progs_opts) > 1:
+                chunk(bd0, bs0, bn_t, progs_opts[1], nw=nwc * 2 if nwc < 8 else None)
+            chunk(bd0, bs0, bn_t, p0, stages=3)
+            chunk(bd0, bs0, bn_t, p0, r=4 * br)  # wider prefix steps: fewer, larger loads
+
+        seen: set = set()
+        cands: list[Candidate] = []
+        for template, cfg in out:
+            config = tuple(sorted(cfg.items()))
+            if (template, config) in seen:
+                continue
+            seen.add((template, config))
+            cands.append(Candidate(source=TEMPLATES[template][1], config=config, origin="template", template=template))
+        return cands
+
+    def call_plan(self, spec: OpSpec, cand: Candidate) -> CallPlan:
+        data, segs = spec.args
+        assert data is not None and segs is not None
+        n, d, s = self._dims(spec)
+        cfg = cand.cfg
+        template = cand.template or next(t for t, (_, src) in TEMPLATES.items() if src == cand.source)
+        kernel = TEMPLATES[template][0]
+        bd, br = int(cfg["BLOCK_D"]), int(cfg["BLOCK_R"])
+        for k, v in cfg.items():
+            if k.startswith("BLOCK_") and (int(v) < 1 or int(v) & (int(v) - 1)):
+                raise ValueError(f"{k}={v} is not a power of two")
+        nd = _cdiv(max(d, 1), bd) if d > 0 else 0
+        if nd > _MAX_GRID_Y:
+            raise ValueError(f"BLOCK_D={bd} needs {nd} programs along D (> {_MAX_GRID_Y})")
+        init = spec.const("initial")
+        init_inf = 0 if init is None or math.isfinite(init) else (1 if init > 0 else -1)
+        args: list[tuple[str, Any]] = [
+            ("data_ptr", In(0)),
+            ("seg_ptr", In(1)),
+            ("out_ptr", Out(0)),
+            ("num_rows", n),
+            ("num_segs", s),
+            ("dim", d),
+            ("stride_row", data.stride[0] if n > 1 else d),
+            ("stride_seg", segs.stride[0] if segs.shape[0] > 1 else 1),
+            ("stride_out", d),
+            # Non-finite initials travel as INIT_INF: no inf literal reaches generated wrapper code.
+            ("initial", float(init) if init is not None and init_inf == 0 else 0.0),
+            ("REDUCE", REDUCE_CODES[str(spec.const("reduce"))]),
+            ("USE_OFFSETS", bool(spec.const("use_offsets"))),
+            ("HAS_INITIAL", init is not None),
+            ("INIT_INF", init_inf),
+            ("PREFIX_I64", n >= 2**31 - 1),
+            ("BLOCK_R", br),
+            ("BLOCK_D", bd),
+        ]
+        if template == "seg_per_program":
+            args += [("BLOCK_N", int(cfg["BLOCK_N"])), ("ACC_TILE", bool(cfg["ACC_TILE"]))]
+            grid = (s, nd)
+        elif template == "seg_tile":
+            bs = int(cfg["BLOCK_S"])
+            args += [("BLOCK_S", bs), ("BLOCK_N", int(cfg["BLOCK_N"]))]
+            grid = (_cdiv(s, bs), nd)
+        elif template == "seg_chunk":
+            bs, progs = int(cfg["BLOCK_S"]), int(cfg["PROGRAMS"])
+            if progs < 1:
+                raise ValueError(f"PROGRAMS={progs} < 1")
+            per = _cdiv(_cdiv(s, progs), bs) * bs  # whole tiles per program
+            args += [("segs_per_prog", per), ("BLOCK_S", bs), ("BLOCK_N", int(cfg["BLOCK_N"]))]
+            grid = (_cdiv(s, per), nd)
+        else:
+            raise ValueError(f"unknown segment_reduce template {template!r}")
+        return CallPlan(
+            kernel=kernel,
+            grid=grid,
+            args=tuple(args),
+            outputs=(OutBuf((s,) + tuple(data.shape[1:]), data.dtype, fill=None),),
+            num_warps=int(cfg.get("num_warps", 4)),
+            num_stages=int(cfg.get("num_stages", 2)),
+        )
+
+
+register(SegmentReduceFamily())
