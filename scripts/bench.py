@@ -188,7 +188,8 @@ def main() -> int:
         row = run_case(case, dev, bw)
         print(json.dumps({k: v for k, v in row.items() if k != "kevolve_decisions"}, default=str), f"({time.time() - t0:.0f}s)", flush=True)
         rows.append(row)
-    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
+        # after every case: a run cut short by a time limit still leaves its rows behind
+        (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
     plot(rows, out / "bench.png")
     print(f"\n{'op':32s} {'floor':>7s} {'eager':>7s} {'induct':>7s} {'max-at':>7s} {'kevolve':>7s} {'%floor':>7s} {'vs ind':>7s} ok")
     for r in rows:

@@ -101,3 +101,15 @@ def test_training_graph_is_left_to_inductor(store_dir):
     torch.testing.assert_close(out, ref_m(idx, off, x))
     assert stats.snapshot().get("searches", 0) == 0
     assert any("training" in f.detail for rep in REPORTS for f in rep)
+
+
+def test_kernel_slower_than_baseline_is_stored_but_not_used(store_dir):
+    out, ref = _run({"mode": "jit", "max_candidates": 1})
+    store = KernelStore.from_settings(Settings.from_env())
+    (entry,) = list(store.entries())
+    entry.meta.update(use=False, speedup=0.5)  # as a GPU search that lost to Inductor records it
+    assert store.put(entry)
+    out, ref = _run({"mode": "cache"})
+    torch.testing.assert_close(out, ref)
+    assert stats.snapshot().get("kernel_calls", 0) == 0 and stats.snapshot()["slower_than_baseline"] == 1
+    assert _decisions() == ["Inductor (best kernel found is slower: 0.50x)"]

@@ -71,6 +71,11 @@ class KevolvePass(CustomGraphPass):
                 continue
             try:
                 entry = self._resolve(f, f.match.spec)
+                if entry is not None and entry.meta.get("use") is False:
+                    sp = entry.meta.get("speedup")
+                    f.decision = f"Inductor (best kernel found is slower: {sp:.2f}x)" if sp else "Inductor (stored kernel not faster)"
+                    stats.bump("slower_than_baseline")
+                    entry = None
                 if entry is not None:
                     self._rewrite(graph, f, f.match, entry)
                     changed = True

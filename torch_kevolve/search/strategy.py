@@ -179,6 +179,9 @@ def search_spec(
             "budget": {"max_evals": budget.max_evals, "wall_s": budget.wall_s, "patience": budget.patience},
             "tree": outcome.tree.to_json() if outcome.tree is not None else None,
         },
+        # Stored either way (so nobody searches this key again), but used only where it was measured
+        # faster than the baseline on this device; interpreter timings decide nothing.
+        "use": on_cpu or outcome.speedup is None or outcome.speedup >= 1.0,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": spec.device.name,
         "versions": dict(spec.versions),
