@@ -26,7 +26,6 @@ def measure_copy_bandwidth(device: torch.device) -> float:
     a = torch.empty(n, dtype=torch.uint8, device=device)
     b = torch.empty_like(a)
     ms = do_bench(lambda: b.copy_(a), warmup=50, rep=200, return_mode="median")
-    del a, b
     return 2 * n / (ms * 1e-3)
 
 

@@ -35,6 +35,8 @@ import torch
 from ..spec import DeviceSig, OpSpec, TensorSig, software_versions
 from . import register
 from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip
+from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2
+from .util import strided as _strided
 
 _OPS = ("aten._embedding_bag.default", "aten._embedding_bag_forward_only.default")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -217,46 +219,8 @@ TEMPLATES: dict[str, tuple[str, str]] = {
 # ------------------------------------------------------------------------------------------------
 
 
-def _next_pow2(x: int) -> int:
-    return 1 << max(int(x) - 1, 0).bit_length()
-
-
 def _dtype_name(dt: torch.dtype) -> str:
     return str(dt).replace("torch.", "")
-
-
-def _elem_size(dtype: str) -> int:
-    return torch.empty((), dtype=getattr(torch, dtype)).element_size()
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _all_int(t: Any) -> bool:
-    """True when every size and stride is a concrete int (SymInts are not ``int``)."""
-    return all(isinstance(s, int) for s in tuple(t.shape) + tuple(t.stride()))
-
-
-def _storage_size(shape: Sequence[int], stride: Sequence[int]) -> int:
-    if any(s == 0 for s in shape):
-        return 0
-    return 1 + sum((s - 1) * st for s, st in zip(shape, stride))
-
-
-def _strided(sig: TensorSig, values: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A tensor with exactly ``sig``'s shape/stride/dtype holding ``values`` (a dense tensor)."""
-    dt = sig.torch_dtype
-    base = torch.zeros(_storage_size(sig.shape, sig.stride), dtype=dt, device=device)
-    view = base.as_strided(sig.shape, sig.stride)
-    overlapping = any(st == 0 and s > 1 for s, st in zip(sig.shape, sig.stride))
-    if view.numel() == 0:
-        return view
-    if overlapping:  # e.g. an expanded row: every alias gets the first value
-        base.fill_(values.reshape(-1)[0].item())
-    else:
-        view.copy_(values.to(dt))
-    return view
 
 
 def _bag_count(offsets_sig: TensorSig, include_last_offset: bool) -> int:

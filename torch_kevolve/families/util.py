@@ -1,0 +1,45 @@
+"""Small helpers every op family needs: sizes, grids, and tensors with an exact layout."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ..spec import TensorSig
+
+
+def next_pow2(x: int) -> int:
+    return 1 << max(int(x) - 1, 0).bit_length()
+
+
+def elem_size(dtype: str) -> int:
+    return torch.empty((), dtype=getattr(torch, dtype)).element_size()
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def all_int(t: Any) -> bool:
+    """True when every size and stride is a concrete int (SymInts are not ``int``)."""
+    return all(isinstance(s, int) for s in tuple(t.shape) + tuple(t.stride()))
+
+
+def storage_size(shape: Sequence[int], stride: Sequence[int]) -> int:
+    if any(s == 0 for s in shape):
+        return 0
+    return 1 + sum((s - 1) * st for s, st in zip(shape, stride))
+
+
+def strided(sig: TensorSig, values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A tensor with exactly ``sig``'s shape/stride/dtype holding ``values`` (a dense tensor), so
+    generated inputs reproduce the layout (strides, expanded dims) the spec was keyed on."""
+    base = torch.zeros(storage_size(sig.shape, sig.stride), dtype=sig.torch_dtype, device=device)
+    view = base.as_strided(sig.shape, sig.stride)
+    if view.numel() == 0:
+        return view
+    if any(st == 0 and s > 1 for s, st in zip(sig.shape, sig.stride)):  # expanded: aliases share a value
+        base.fill_(values.reshape(-1)[0].item())
+    else:
+        view.copy_(values.reshape(sig.shape).to(sig.torch_dtype))
+    return view
