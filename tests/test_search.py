@@ -96,3 +96,26 @@ def test_fresh_seed_per_candidate_differs():
     b = ev._fresh_cases()[0][0]
     assert a != b and a.startswith("fresh-seed")
     assert Evaluator(FAM, spec, seeds=1)._fresh_cases()[0][0] == a  # deterministic under seed_base
+
+
+def test_output_aliasing_an_input_or_reference_is_rejected():
+    """A plan that hands back an input's (or the reference's) storage as output must never pass,
+    even though its values are then trivially 'right'."""
+    from torch_kevolve.search.evaluate import _aliases
+
+    spec = _spec()
+    ev = Evaluator(FAM, spec, timer=lambda fn: 1.0, seeds=1)
+    _, _, inputs, refs = ev.cases()[0]
+    assert _aliases([inputs[0]], [*inputs, *refs])
+    assert _aliases([refs[0].view(-1)[:4]], [*inputs, *refs])
+    assert not _aliases([inputs[0].clone()], [*inputs, *refs])
+
+    import torch_kevolve.search.evaluate as E
+
+    real_launch = E.launch
+    try:  # a 'kernel' whose output is the reference buffer itself
+        E.launch = lambda module, plan, inp, device=None, poison=False, outs=None: [refs[0]]
+        diag = ev.verify(FAM.candidates(spec)[0], module=None)
+    finally:
+        E.launch = real_launch
+    assert diag.stage == "verify" and "aliases" in (diag.error or "")
