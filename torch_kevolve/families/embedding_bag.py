@@ -36,6 +36,7 @@ from ..spec import DeviceSig, OpSpec, TensorSig, software_versions
 from . import register
 from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip
 from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2
+from .util import meta_val, node_kwargs
 from .util import strided as _strided
 
 _OPS = ("aten._embedding_bag.default", "aten._embedding_bag_forward_only.default")
@@ -318,21 +319,13 @@ class EmbeddingBagFamily(OpFamily):
 
     # -- detection -------------------------------------------------------------------------------
     def match(self, node: Any) -> Match | Skip:
-        from torch.fx.operator_schemas import normalize_function
-
         op = str(getattr(node, "target", ""))
         if getattr(node, "op", None) != "call_function" or op not in _OPS:
             return Skip(f"{op or node!s} is not an embedding_bag op")
-        norm = normalize_function(node.target, tuple(node.args), dict(node.kwargs), normalize_to_only_use_kwargs=True)
-        if norm is None:
+        kw = node_kwargs(node)
+        if kw is None:
             return Skip("could not normalize embedding_bag arguments")
-        kw = dict(norm.kwargs)
-        for a in node.target._schema.arguments:  # fill defaults normalize_function may leave out
-            if a.name not in kw and a.has_default_value():
-                kw[a.name] = a.default_value
-
-        def val(x: Any) -> Any:
-            return None if x is None else x.meta.get("val") if hasattr(x, "meta") else x
+        val = meta_val
 
         w_node, i_node, o_node, p_node = kw["weight"], kw["indices"], kw["offsets"], kw.get("per_sample_weights")
         weight, indices, offsets, psw = val(w_node), val(i_node), val(o_node), val(p_node)

@@ -66,6 +66,7 @@ from ..spec import DeviceSig, OpSpec, TensorSig, software_versions
 from . import register
 from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip
 from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2
+from .util import meta_val, node_kwargs
 from .util import strided as _strided
 
 _OP = "aten.segment_reduce.default"
@@ -479,21 +480,13 @@ class SegmentReduceFamily(OpFamily):
 
     # -- detection -------------------------------------------------------------------------------
     def match(self, node: Any) -> Match | Skip:
-        from torch.fx.operator_schemas import normalize_function
-
         op = str(getattr(node, "target", ""))
         if getattr(node, "op", None) != "call_function" or op != _OP:
             return Skip(f"{op or node!s} is not aten.segment_reduce")
-        norm = normalize_function(node.target, tuple(node.args), dict(node.kwargs), normalize_to_only_use_kwargs=True)
-        if norm is None:
+        kw = node_kwargs(node)
+        if kw is None:
             return Skip("could not normalize segment_reduce arguments")
-        kw = dict(norm.kwargs)
-        for a in node.target._schema.arguments:  # fill defaults normalize_function may leave out
-            if a.name not in kw and a.has_default_value():
-                kw[a.name] = a.default_value
-
-        def val(x: Any) -> Any:
-            return None if x is None else x.meta.get("val") if hasattr(x, "meta") else x
+        val = meta_val
 
         d_node, l_node, o_node, i_node = kw["data"], kw.get("lengths"), kw.get("offsets"), kw.get("indices")
         data, lengths, offsets, indices = val(d_node), val(l_node), val(o_node), val(i_node)

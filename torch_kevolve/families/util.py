@@ -43,3 +43,22 @@ def strided(sig: TensorSig, values: torch.Tensor, device: torch.device) -> torch
     else:
         view.copy_(values.reshape(sig.shape).to(sig.torch_dtype))
     return view
+
+
+def node_kwargs(node: Any) -> dict | None:
+    """An FX call's arguments by schema name, defaults filled in (None if they don't normalize)."""
+    from torch.fx.operator_schemas import normalize_function
+
+    norm = normalize_function(node.target, tuple(node.args), dict(node.kwargs), normalize_to_only_use_kwargs=True)
+    if norm is None:
+        return None
+    kw = dict(norm.kwargs)
+    for a in node.target._schema.arguments:  # normalize_function may leave defaults out
+        if a.name not in kw and a.has_default_value():
+            kw[a.name] = a.default_value
+    return kw
+
+
+def meta_val(x: Any) -> Any:
+    """The FakeTensor (or constant) an FX argument stands for."""
+    return None if x is None else x.meta.get("val") if hasattr(x, "meta") else x
