@@ -75,6 +75,49 @@ def seg_case(name, N_segs, D, reduce="sum", dtype=torch.float32, use_offsets=Fal
     return Case(name, "segment_reduce", build)
 
 
+def jagged_case(name, B, max_len, inner, dtype=torch.float32, direction="j2p"):
+    """Jagged <-> padded dense, one jagged dim; ``inner`` the value dims after it ((D,): Inductor
+    lowers it on CUDA, (D1, D2): it falls back). Lengths uniform in [0, max_len]."""
+    def build(dev):
+        g = torch.Generator(device=dev).manual_seed(0)
+        lengths = torch.randint(0, max_len + 1, (B,), device=dev, generator=g)
+        offs = torch.zeros(B + 1, dtype=torch.int64, device=dev)
+        offs[1:] = torch.cumsum(lengths, 0)
+        total = int(offs[-1])
+        es = torch.empty((), dtype=dtype).element_size()
+        d = 1
+        for x in inner:
+            d *= x
+        if direction == "j2p":
+            vals = torch.randn((total, *inner), device=dev, generator=g).to(dtype)
+            nbytes = total * d * es + B * max_len * d * es + offs.numel() * 8
+            return (lambda v, o: torch.ops.aten._jagged_to_padded_dense_forward(v, [o], [max_len], 0.0)), (vals, offs), nbytes
+        dense = torch.randn((B, max_len, *inner), device=dev, generator=g).to(dtype)
+        nbytes = 2 * total * d * es + offs.numel() * 8
+        return (lambda x, o: torch.ops.aten._padded_dense_to_jagged_forward(x, [o], total)), (dense, offs), nbytes
+    return Case(name, "jagged", build)
+
+
+def scatter_case(name, N, D, M, op="index_add", reduce="sum", dtype=torch.float32, sorted_idx=False):
+    """Rows of src added (reduced) into a copy of x at idx: index_add (Inductor lowers it: index_put
+    accumulate), scatter_add / scatter_reduce with the index expanded along D (the recsys pattern)."""
+    def build(dev):
+        g = torch.Generator(device=dev).manual_seed(0)
+        x = torch.randn(N, D, device=dev, generator=g).to(dtype)
+        src = torch.randn(M, D, device=dev, generator=g).to(dtype)
+        idx = torch.randint(0, N, (M,), device=dev, generator=g)
+        if sorted_idx:
+            idx = torch.sort(idx).values
+        es = x.element_size()
+        nbytes = 2 * N * D * es + M * D * es + M * 8
+        if op == "index_add":
+            return (lambda x, i, s: torch.index_add(x, 0, i, s)), (x, idx, src), nbytes
+        if op == "scatter_add":
+            return (lambda x, i, s: x.scatter_add(0, i[:, None].expand(M, D), s)), (x, idx, src), nbytes
+        return (lambda x, i, s: x.scatter_reduce(0, i[:, None].expand(M, D), s, reduce)), (x, idx, src), nbytes
+    return Case(name, "scatter", build)
+
+
 CASES = [
     eb_case("embedding_bag_sum", 1_000_000, 128, 16384, 20),  # the shared baseline's shape
     eb_case("embedding_bag_mean_fp16", 1_000_000, 128, 16384, 20, dtype=torch.float16, mode="mean", jitter=True),
@@ -84,6 +127,13 @@ CASES = [
     seg_case("segment_reduce_sum", 125_000, 64),  # the shared baseline's shape
     seg_case("segment_reduce_mean_offsets", 125_000, 64, reduce="mean", use_offsets=True),
     seg_case("segment_reduce_max_bf16", 125_000, 64, reduce="max", dtype=torch.bfloat16),
+    scatter_case("index_add_rows", 262_144, 128, 262_144),  # Inductor lowers it (contested)
+    scatter_case("index_add_sorted", 262_144, 128, 262_144, sorted_idx=True),
+    scatter_case("scatter_add_rows_fp16", 262_144, 128, 262_144, op="scatter_add", dtype=torch.float16),
+    scatter_case("scatter_reduce_amax", 262_144, 128, 262_144, op="scatter_reduce", reduce="amax"),  # Inductor falls back
+    jagged_case("jagged_to_padded_fp32", 4096, 256, (128,)),  # Inductor lowers it (contested)
+    jagged_case("jagged_to_padded_bf16_3d", 4096, 256, (8, 16), dtype=torch.bfloat16),  # Inductor falls back
+    jagged_case("padded_to_jagged_fp32", 4096, 256, (128,), direction="p2j"),  # Inductor lowers it
 ]
 
 

@@ -1,6 +1,8 @@
 """Harness throughput on the GPU: candidates/minute for a 64-candidate batch of embedding_bag configs
-through the local worker pool (one worker per GPU), cold (first batch: spawn + CUDA init + compiles)
-and warm (a second batch of the same size). Also checks that a stored kernel works under CUDA graphs
+through the local worker pool with one worker per GPU and with several sharing it (compiles and
+verification overlap, timings take turns through the GPU gate), cold (first batch: spawn + CUDA init
++ compiles) and warm (a second batch of the same size); and whether the timings of the two settings
+agree. Also checks that a stored kernel works under CUDA graphs
 (``mode="reduce-overhead"``) and measures its per-call cost there.
 
     PYTHONPATH=. python3 scripts/bench_harness.py      → $OUT/bench_harness.json
@@ -59,25 +61,36 @@ idx = torch.randint(0, V, (B * L,), device="cuda")
 offs = torch.arange(0, B * L, L, device="cuda")
 spec = fam.spec_for(W, idx, offs)
 SKIP_POOL = os.environ.get("KEVOLVE_BENCH_SKIP_POOL") == "1"  # only the CUDA-graphs part
-with LocalExecutor(timeout_s=120, gpus=None if not SKIP_POOL else []) as ex:
-  if not SKIP_POOL:
-      for phase, seed_base in (("cold", 0), ("warm", 0)):
-          cands = configs(spec, 64)
-          t0 = time.time()
-          results = ex.map(make_jobs(fam, spec, cands, seeds=3, seed_base=seed_base))
-          dt = time.time() - t0
-          ok = [r for r in results if r.ok]
-          res[phase] = {"candidates": len(cands), "verified": len(ok), "wall_s": dt,
-                        "candidates_per_min": 60 * len(cands) / dt,
-                        "best_ms": min(r.time_ms for r in ok) if ok else None,
-                        "failures": sorted({r.diagnostics.stage for r in results if not r.ok})}
-          print(phase, json.dumps(res[phase]), flush=True)
-          (OUT / "bench_harness.json").write_text(json.dumps(res, indent=1, default=str))
-          # agreement: the same candidates timed again (noise figure for the timings the search uses)
-      again = ex.map(make_jobs(fam, spec, cands[:8], seeds=1))
-      first = ex.map(make_jobs(fam, spec, cands[:8], seeds=1))
-      res["retime_rel_diff_pct"] = [100 * abs(a.time_ms - b.time_ms) / b.time_ms for a, b in zip(again, first) if a.ok and b.ok]
-      print("retime", res["retime_rel_diff_pct"], flush=True)
+WPG = [int(x) for x in os.environ.get("KEVOLVE_BENCH_WPG", "1,4").split(",")]  # workers per GPU to compare
+for wpg in ([] if SKIP_POOL else WPG):
+    # a fresh pool per setting: its workers start cold (own Triton caches), as a new search's would
+    with LocalExecutor(timeout_s=120, workers_per_gpu=wpg) as ex:
+        key = f"wpg{wpg}"
+        res[key] = {"workers": ex.pool.n}
+        for phase in ("cold", "warm"):
+            cands = configs(spec, 64)
+            t0 = time.time()
+            results = ex.map(make_jobs(fam, spec, cands, seeds=3))
+            dt = time.time() - t0
+            ok = [r for r in results if r.ok]
+            stage = [r.diagnostics.profile.get("stage_s", {}) for r in ok]
+            res[key][phase] = {"candidates": len(cands), "verified": len(ok), "wall_s": dt,
+                               "candidates_per_min": 60 * len(cands) / dt,
+                               "best_ms": min(r.time_ms for r in ok) if ok else None,
+                               "failures": sorted({r.diagnostics.stage for r in results if not r.ok}),
+                               "mean_verify_s": sum(x.get("verify", 0) for x in stage) / max(1, len(stage)),
+                               "mean_time_s": sum(x.get("time", 0) for x in stage) / max(1, len(stage)),
+                               "mean_gate_wait_s": sum(x.get("gate_wait", 0) for x in stage) / max(1, len(stage)),
+                               "times_ms": [r.time_ms for r in results]}
+            print(key, phase, json.dumps({k: v for k, v in res[key][phase].items() if k != "times_ms"}), flush=True)
+            (OUT / "bench_harness.json").write_text(json.dumps(res, indent=1, default=str))
+# agreement between settings: the same 64 candidates timed with 1 worker and with several sharing the GPU
+if not SKIP_POOL and len(WPG) > 1:
+    a, b = res[f"wpg{WPG[0]}"]["warm"]["times_ms"], res[f"wpg{WPG[-1]}"]["warm"]["times_ms"]
+    diffs = sorted(100 * abs(x - y) / x for x, y in zip(a, b) if x and y)
+    res["shared_vs_alone_rel_diff_pct"] = {"median": diffs[len(diffs) // 2], "p90": diffs[int(0.9 * (len(diffs) - 1))],
+                                           "max": diffs[-1]} if diffs else None
+    print("timing agreement 1 worker vs shared GPU", res["shared_vs_alone_rel_diff_pct"], flush=True)
 
 # CUDA graphs: a stored kernel through the Triton route under mode="reduce-overhead"
 from triton.testing import do_bench  # noqa: E402

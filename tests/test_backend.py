@@ -113,3 +113,43 @@ def test_kernel_slower_than_baseline_is_stored_but_not_used(store_dir):
     torch.testing.assert_close(out, ref)
     assert stats.snapshot().get("kernel_calls", 0) == 0 and stats.snapshot()["slower_than_baseline"] == 1
     assert _decisions() == ["Inductor (best kernel found is slower: 0.50x)"]
+
+
+def test_stored_multi_step_plan_runs_in_the_compiled_graph(store_dir):
+    """A stored segment_reduce kernel whose plan has a pre-step and workspace (lengths scanned into
+    starts) is used through the custom-op route of a compiled function on CPU."""
+    from torch_kevolve.families import get_family
+    from torch_kevolve.store import Entry
+
+    fam = get_family("segment_reduce")
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(33, 4, generator=g)
+    lengths = torch.tensor([4, 0, 7, 1, 0, 21])
+    spec = fam.spec_for(x, "sum", lengths=lengths)
+    cand = next(c for c in fam.candidates(spec) if c.cfg.get("SCAN") == 2)
+    assert len(fam.call_plan(spec, cand).pre) == 2
+    assert KernelStore.from_settings(Settings.from_env()).put(Entry(spec, cand, {"test": True}))
+
+    def f(x, lengths):
+        return torch.segment_reduce(x, "sum", lengths=lengths)
+
+    torch._dynamo.reset()
+    REPORTS.clear()
+    stats.reset()
+    with torch.no_grad(), torch._functorch.config.patch(enable_autograd_cache=False):
+        out = torch.compile(f, backend="kevolve", options={"fx_graph_cache": False, "mode": "cache"})(x, lengths)
+    torch.testing.assert_close(out, f(x, lengths))
+    assert stats.snapshot()["kernel_calls"] == 1 and stats.snapshot()["store_hits"] == 1
+    decisions = [f.decision for rep in REPORTS for f in rep if f.family == "segment_reduce"]
+    assert decisions == ["stored kernel (user store) → custom_op route"]
+
+
+def test_entry_that_failed_cache_verify_is_not_served(store_dir):
+    out, ref = _run({"mode": "jit", "max_candidates": 1})
+    store = KernelStore.from_settings(Settings.from_env())
+    (entry,) = list(store.entries())
+    assert store.update_meta(entry.spec.key, {"verify": {"ok": False, "diag": "test: marked failed"}})
+    out, ref = _run({"mode": "cache"})
+    torch.testing.assert_close(out, ref)
+    assert _decisions() == ["Inductor (stored kernel failed `kevolve cache verify`)"]
+    assert stats.snapshot().get("kernel_calls", 0) == 0 and stats.snapshot()["failed_verify_skipped"] == 1

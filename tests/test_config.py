@@ -20,3 +20,13 @@ def test_bad_values(monkeypatch):
     monkeypatch.delenv("KEVOLVE_MODE")
     with pytest.raises(ValueError, match="unknown kevolve option"):
         Settings.from_env({"moed": "jit"})
+
+
+def test_contest_and_workers_per_gpu(monkeypatch):
+    assert Settings.from_env().contest == "auto" and Settings.from_env().workers_per_gpu == 0
+    monkeypatch.setenv("KEVOLVE_CONTEST", "ALL")
+    monkeypatch.setenv("KEVOLVE_WORKERS_PER_GPU", "3")
+    s = Settings.from_env()
+    assert s.contest == "all" and s.workers_per_gpu == 3
+    with pytest.raises(ValueError, match="KEVOLVE_CONTEST"):
+        Settings.from_env({"contest": "sometimes"})

@@ -54,7 +54,7 @@ def test_detect_on_a_cpu_graph():
     b = torch.linspace(-1, 1, 5)
     i = torch.randint(0, 10, (6,))
     o = torch.tensor([0, 2])
-    w = torch.randn(10, 3)
+    w = torch.randn(10, 3, dtype=torch.float64)  # a float64 table: the family skips it
     torch._dynamo.reset()
     with torch._functorch.config.patch(enable_autograd_cache=False):
         torch.compile(f, backend=be)(x, b, i, o, w)
@@ -62,7 +62,50 @@ def test_detect_on_a_cpu_graph():
     assert "Triton devices only" in by_op["aten.cumsum.default"].reason
     assert "Triton devices only" in by_op["aten.bucketize.Tensor"].reason
     eb = by_op["aten._embedding_bag_forward_only.default"]  # no grad needed: forward-only variant
-    assert "fallback" in eb.reason and eb.family == "embedding_bag" and eb.status == "skipped" and "max" in eb.detail
+    assert "fallback" in eb.reason and eb.family == "embedding_bag" and eb.status == "skipped" and "float64" in eb.detail
     assert by_op["kevolve_test.cpu_only.default"].status == "no family"
     assert "opaque" in by_op["kevolve_test.everywhere.default"].reason
     assert not any(f.op.startswith("aten.relu") for f in grab.findings)
+
+
+class GrabWith(Grab):
+    def __init__(self, contest):
+        super().__init__()
+        self.contest = contest
+
+    def __call__(self, graph):
+        self.findings += detect(graph, self.contest)
+
+
+def _findings(fn, args, contest):
+    grab = GrabWith(contest)
+
+    def be(gm, ex):
+        return compile_fx(gm, ex, config_patches={"post_grad_custom_pre_pass": grab, "fx_graph_cache": False})
+
+    torch._dynamo.reset()
+    with torch._functorch.config.patch(enable_autograd_cache=False):
+        torch.compile(fn, backend=be)(*args)
+    return {f.op: f for f in grab.findings}
+
+
+def test_contested_lowerings_follow_the_setting():
+    """index_add reaches the graph as index_put(accumulate=True), which Inductor lowers: contested on
+    CUDA by default, on every device with contest="all", never with "none". scatter_reduce(amax) is a
+    fallback inside Inductor's lowering: found on any device whatever the setting."""
+    from torch_kevolve.detect import CONTESTED, contests
+
+    def f(x, i, s):
+        return torch.index_add(x, 0, i, s) + x.scatter_reduce(0, i[:, None].expand(5, 4), s, "amax")
+
+    args = (torch.randn(8, 4), torch.tensor([1, 1, 3, 7, 0]), torch.randn(5, 4))
+    auto = _findings(f, args, "auto")
+    assert "aten.index_put.default" not in auto  # CPU, auto: Inductor's lowering stands
+    amax = auto["aten.scatter_reduce.two"]
+    assert "falls back" in amax.reason and amax.family == "scatter" and amax.status == "candidate"
+    every = _findings(f, args, "all")
+    ip = every["aten.index_put.default"]
+    assert ip.reason == CONTESTED and ip.family == "scatter" and ip.status == "candidate"
+    assert "aten.index_put.default" not in _findings(f, args, "none")
+    assert contests("auto", torch.device("cuda")) and not contests("auto", torch.device("cpu"))
+    assert contests("all", torch.device("cpu")) and not contests("none", torch.device("cuda"))

@@ -334,3 +334,71 @@ def test_gpu_pool_pins_compiles_and_recovers_from_a_faulting_kernel():
         assert stages(res)[1] in ("crash", "verify"), res[1].diagnostics
         assert stages(res)[2:] == ["ok", "ok"], [r.diagnostics for r in res]
         assert p.restarts >= 1  # the faulting job left a dead context (or a dead worker) behind
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_shared_pool_survives_a_hang_and_an_oob_write():
+    """Two workers share the GPU through the gate: a kernel that never terminates is killed at the
+    time limit (releasing the gate: the kernel holds it while it runs), an out-of-bounds writer is
+    caught, and the good candidates around them verify and time."""
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(4000, 64, generator=g).cuda()
+    idx = torch.randint(0, 4000, (3000,), generator=g).cuda()
+    off = torch.sort(torch.randint(0, 3000, (256,), generator=g)).values.cuda()
+    off[0] = 0
+    spec = FAM.spec_for(w, idx, off, mode=0)
+    good = FAM.candidates(spec)
+    base = next(c for c in good if c.template == "bag_per_program")
+    start = "    bag = tl.program_id(0).to(tl.int64)\n"
+    hang = dataclasses.replace(base, source=base.source.replace(start, start + (
+        "    while tl.load(offsets_ptr, volatile=True) >= 0:\n        bag = bag + 0\n"), 1), origin="test:gpu-hang")
+    oob = dataclasses.replace(base, source=base.source.replace(STORE, STORE.replace(
+        "+ d,", "+ d + (1 << 40),").replace(", mask=d_mask)", ")")), origin="test:gpu-oob")
+    assert hang.source != base.source and oob.source != base.source
+    js = make_jobs(FAM, spec, [good[0], hang, oob, good[1], good[2], good[3]], seeds=SEEDS)
+    with LocalPool(workers=2, gpus=[0], interpret=False, timeout_s=60.0, progress=False) as p:
+        assert p.worker_env[0].get("KEVOLVE_GPU_GATE")
+        res = p.map(js)
+        st = stages(res)
+        assert st[1] == "timeout", res[1].diagnostics
+        assert st[2] in ("crash", "verify"), res[2].diagnostics
+        assert [st[0]] + st[3:] == ["ok"] * 4, [r.diagnostics for r in res]
+        assert all(r.time_ms and r.time_ms > 0 for i, r in enumerate(res) if i in (0, 3, 4, 5))
+        assert p.restarts >= 2
+
+
+# -- multi-step plans --------------------------------------------------------------------------------
+
+
+def test_multi_step_plan_jobs_verify_and_wrong_steps_fail():
+    """segment_reduce lengths on scanned starts (pre-steps + workspace) through a job; a scan writing
+    the starts one slot off is caught by verification."""
+    fam = get_family("segment_reduce")
+    spec = fam.spec_for(torch.randn(30, 4), "mean", lengths=torch.tensor([3, 0, 7, 20]))
+    one, two = (next(c for c in fam.candidates(spec) if c.cfg.get("SCAN") == k) for k in (1, 2))
+    old = "tl.store(starts_ptr + ss + 1, carry + tl.cumsum(x, axis=0), mask=m)"
+    assert one.source.count(old) == 2
+    off_by_one = dataclasses.replace(one, source=one.source.replace(old, old.replace("ss + 1", "ss"), 1))
+    with InProcessExecutor(timer=lambda fn: 1.0) as ex:
+        res = ex.map(make_jobs(fam, spec, [one, two, off_by_one], seeds=1))
+    assert stages(res) == ["ok", "ok", "verify"], [r.diagnostics.summary() for r in res]
+
+
+def test_plan_resources_reports_the_max_and_each_kernel():
+    from types import SimpleNamespace
+
+    from torch_kevolve.families.base import CallPlan, OutBuf, Step
+    from torch_kevolve.search.evaluate import plan_resources
+
+    def kernel(regs: int, spills: int, shared: int):
+        ck = SimpleNamespace(n_regs=regs, n_spills=spills, metadata=SimpleNamespace(shared=shared))
+        return SimpleNamespace(device_caches={0: ({"k": ck},)})
+
+    mod = SimpleNamespace(main=kernel(40, 0, 1024), scan=kernel(96, 2, 0))
+    single = CallPlan("main", (1,), (), (OutBuf((1,), "float32"),))
+    assert plan_resources(mod, single) == {"n_regs": 40, "n_spills": 0, "shared_bytes": 1024}
+    two = CallPlan("main", (1,), (), (OutBuf((1,), "float32"),), pre=(Step("scan", (1,), ()),))
+    prof = plan_resources(mod, two)
+    assert prof["n_regs"] == 96 and prof["n_spills"] == 2 and prof["shared_bytes"] == 1024
+    assert prof["kernels"] == {"scan": {"n_regs": 96, "n_spills": 2, "shared_bytes": 0},
+                               "main": {"n_regs": 40, "n_spills": 0, "shared_bytes": 1024}}

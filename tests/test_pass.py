@@ -47,3 +47,107 @@ def test_user_pass_is_chained(store_dir):
     with torch._functorch.config.patch(enable_autograd_cache=False):
         torch.testing.assert_close(f(torch.randn(8)).shape, torch.Size([8]))
     assert up.seen == 1
+
+
+# -- the Triton route's graph for multi-step plans (built and reinplaced on CPU; runs on CUDA only) --
+
+
+def _insert(spec, cand):
+    """A post-grad-like graph with one segment_reduce node replaced by insert_call, plus Inductor's
+    fake-tensor updater as the post-grad passes hold it."""
+    import torch.fx as fx
+    from torch._inductor.fx_utils import FakeTensorUpdater
+    from torch._inductor.virtualized import V
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from torch_kevolve.kernels import load_module
+    from torch_kevolve.lowering.triton_route import insert_call
+
+    fam = get_family(spec.family)
+    fm = FakeTensorMode()
+    g = fx.Graph()
+    x = g.placeholder("x")
+    x.meta["val"] = fm.from_tensor(torch.empty(60, 4))
+    ln = g.placeholder("lengths")
+    ln.meta["val"] = fm.from_tensor(torch.zeros(spec.args[1].shape, dtype=spec.args[1].torch_dtype))
+    node = g.call_function(torch.ops.aten.segment_reduce.default, (x, "sum"), {"lengths": ln})
+    with fm:
+        node.meta["val"] = torch.ops.aten.segment_reduce.default(x.meta["val"], "sum", lengths=ln.meta["val"])
+    g.output((node,))
+    gm = fx.GraphModule(torch.nn.Module(), g)
+    plan = fam.call_plan(spec, cand)
+    with V.set_fake_mode(fm):
+        updater = FakeTensorUpdater(gm)
+        (res,) = insert_call(g, node, spec, load_module(cand.source), plan, [x, ln], [node.meta["val"]])
+        node.replace_all_uses_with(res)
+        g.erase_node(node)
+        g.eliminate_dead_code()
+        g.lint()
+    return g, plan, res, (x, ln), (fm, updater)
+
+
+def _hops(g):
+    from torch._higher_order_ops.triton_kernel_wrap import triton_kernel_wrapper_functional
+
+    return [n for n in g.nodes if n.target is triton_kernel_wrapper_functional]
+
+
+def test_triton_route_chains_the_steps_of_a_plan_through_their_buffers():
+    import operator
+
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+
+    fam = get_family("segment_reduce")
+    spec = fam.spec_for(torch.empty(60, 4), "sum", lengths=torch.zeros(10, dtype=torch.int64))
+    by_kind = {c.cfg.get("SCAN", 0): c for c in reversed(fam.candidates(spec))}
+    for kind in (1, 2):
+        g, plan, res, (x, ln), _ = _insert(spec, by_kind[kind])
+        hops = _hops(g)
+        assert len(hops) == kind + 1
+        order = {n: i for i, n in enumerate(g.nodes)}
+        allocs = [n for n in g.nodes if n.target is torch.ops.aten.empty.memory_format]
+        assert sorted(tuple(a.args[0]) for a in allocs) == sorted(
+            [tuple(b.shape) for b in plan.outputs] + [tuple(b.shape) for b in plan.workspace])
+        assert all(order[a] < order[hops[0]] for a in allocs)
+        for hop, st in zip(hops, plan.steps):
+            kw = hop.kwargs
+            assert kernel_side_table.get_kernel(kw["kernel_idx"]).base_fn.__name__ == st.kernel
+            assert kw["grid"] == [tuple(st.grid) + (1,) * (3 - len(st.grid))]
+            tensor_names = {n for n, v in st.args if not isinstance(v, (int, float, bool))}
+            assert set(kw["kwargs"]) == tensor_names
+            assert set(kw["tensors_to_clone"]) == tensor_names - {"len_ptr", "data_ptr"}  # every buffer, no input
+            assert kw["kwargs"].get("len_ptr", ln) is ln
+        # Each step reads the buffers the previous one wrote through its getitems: data dependencies.
+        starts_in_main = hops[-1].kwargs["kwargs"]["seg_ptr"]
+        assert starts_in_main.target is operator.getitem and starts_in_main.args == (hops[-2], "starts_ptr")
+        if kind == 2:
+            sums = hops[1].kwargs["kwargs"]["sums_ptr"]
+            assert sums.target is operator.getitem and sums.args == (hops[0], "sums_ptr")
+        assert hops[-1].kwargs["kwargs"]["data_ptr"] is x
+        assert res.target is operator.getitem and res.args == (hops[-1], "out_ptr")
+        assert list(res.users)[0].op == "output"
+
+
+def test_triton_route_multi_step_graph_reinplaces_without_clones():
+    """Inductor's reinplace pass turns every step into a mutation of the same buffers: no clones
+    remain, and the main step reads the very workspace the scan wrote."""
+    from torch._inductor.fx_passes.reinplace import reinplace_inplaceable_ops
+    from torch._inductor.virtualized import V
+
+    fam = get_family("segment_reduce")
+    spec = fam.spec_for(torch.empty(60, 4), "sum", lengths=torch.zeros(10, dtype=torch.int64))
+    for pick in (lambda c: c.cfg.get("SCAN") == 2, lambda c: not c.cfg.get("SCAN")):  # 3 steps; 1 step
+        cand = next(c for c in fam.candidates(spec) if pick(c))
+        g, plan, _, _, (fm, updater) = _insert(spec, cand)
+        with V.set_fake_mode(fm):
+            reinplace_inplaceable_ops(updater, g)
+        hops = _hops(g)
+        assert len(hops) == len(plan.steps)
+        assert all(h.kwargs["tensors_to_clone"] == [] for h in hops)
+        out = next(n for n in g.nodes if n.op == "output").args[0][0]
+        assert out.target is torch.ops.aten.empty.memory_format and hops[-1].kwargs["kwargs"]["out_ptr"] is out
+        if plan.pre:
+            starts = hops[-1].kwargs["kwargs"]["seg_ptr"]
+            assert starts.target is torch.ops.aten.empty.memory_format
+            assert hops[-2].kwargs["kwargs"]["starts_ptr"] is starts
+            assert hops[0].kwargs["kwargs"]["sums_ptr"] is hops[1].kwargs["kwargs"]["sums_ptr"]

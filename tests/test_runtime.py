@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from torch_kevolve import stats
 from torch_kevolve.families import get_family
+from torch_kevolve.families.base import CallPlan, In, Out, OutBuf, Step, Ws
+from torch_kevolve.kernels import launch, load_module
 from torch_kevolve.lowering import runtime
 from torch_kevolve.lowering.custom_op import OP
 
@@ -66,3 +69,69 @@ def test_graph_from_cache_with_entry_gone_runs_aten(store_dir):
     out = OP(handle, [w, idx, off, None])[0]
     torch.testing.assert_close(out, FAM.eager(spec, [w, idx, off, None])[0])
     assert stats.snapshot() == {"runtime_fallbacks": 1}
+
+
+# -- multi-step plans ------------------------------------------------------------------------------
+
+TWO_STEP_SOURCE = '''import triton
+import triton.language as tl
+
+
+@triton.jit
+def scale(x_ptr, ws_ptr, n, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(ws_ptr + i, tl.load(x_ptr + i, mask=i < n) * 2.0, mask=i < n)
+
+
+@triton.jit
+def finish(x_ptr, ws_ptr, bias_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    y = tl.load(ws_ptr + i, mask=m) + tl.load(bias_ptr + i, mask=m) + tl.load(x_ptr + i, mask=m)
+    tl.store(out_ptr + i, y, mask=m)
+'''
+
+
+def _two_step_plan(n: int) -> CallPlan:
+    return CallPlan(
+        kernel="finish", grid=(2,),
+        args=(("x_ptr", In(0)), ("ws_ptr", Ws(0)), ("bias_ptr", Ws(1)), ("out_ptr", Out(0)), ("n", n), ("BLOCK", 64)),
+        outputs=(OutBuf((n,), "float32"),),
+        pre=(Step("scale", (2,), (("x_ptr", In(0)), ("ws_ptr", Ws(0)), ("n", n), ("BLOCK", 64))),),
+        workspace=(OutBuf((n,), "float32"), OutBuf((n,), "float32", fill=0.5)),
+    )
+
+
+def test_two_step_plan_through_launch():
+    """Steps run in order on per-call workspace (filled where asked, never poisoned); only the
+    outputs are returned, poisoned first when verifying."""
+    x = torch.randn(100)
+    plan = _two_step_plan(100)
+    assert [s.kernel for s in plan.steps] == ["scale", "finish"] and plan.kernels == ("scale", "finish")
+    (out,) = launch(load_module(TWO_STEP_SOURCE), plan, [x], poison=True)
+    torch.testing.assert_close(out, 3 * x + 0.5)
+    # A zero-size grid skips its step (as for single-kernel plans).
+    (out,) = launch(load_module(TWO_STEP_SOURCE), dataclasses.replace(_two_step_plan(0), grid=(0,)), [x[:0]])
+    assert out.shape == (0,)
+    with pytest.raises(ValueError, match="Ws\\(2\\)"):
+        dataclasses.replace(plan, args=plan.args + (("extra", Ws(2)),))
+    # Single-kernel plans are what they were: no pre steps, no workspace, equal to the old fields.
+    single = CallPlan("finish", (1,), (), (OutBuf((1,), "float32"),))
+    assert single.steps == (single.main,) and single.pre == () and single.workspace == ()
+
+
+def test_scan_plan_through_the_custom_op():
+    """segment_reduce with lengths on scanned starts (pre-step + workspace) via kevolve::run."""
+    fam = get_family("segment_reduce")
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(40, 3, generator=g)
+    lengths = torch.tensor([3, 0, 10, 1, 0, 26])
+    spec = fam.spec_for(x, "max", lengths=lengths)
+    for kind in (1, 2):
+        cand = next(c for c in fam.candidates(spec) if c.cfg.get("SCAN") == kind)
+        ld = runtime.install(spec, cand)
+        assert ld.plan is not None and len(ld.plan.pre) == kind and ld.plan.workspace
+        stats.reset()
+        out = OP(runtime.spec_handle(spec), [x, lengths])[0]
+        torch.testing.assert_close(out, fam.eager(spec, [x, lengths])[0])
+        assert stats.snapshot() == {"kernel_calls": 1}

@@ -17,7 +17,7 @@ _families.all_families()  # builtins first: registering below must not pre-empt 
 
 from torch_kevolve.families import Match, Skip, family_for_op, get_family  # noqa: E402
 from torch_kevolve.families import segment_reduce as SR  # noqa: E402  (registers the family)
-from torch_kevolve.families.base import Candidate, In, Out  # noqa: E402
+from torch_kevolve.families.base import Candidate, In, Out, OutBuf, Ws  # noqa: E402
 from torch_kevolve.families.segment_reduce import TEMPLATES, SegmentReduceFamily  # noqa: E402
 from torch_kevolve.kernels import launch, load_module  # noqa: E402
 from torch_kevolve.spec import OpSpec, TensorSig  # noqa: E402
@@ -104,6 +104,18 @@ def with_cfg(cand: Candidate, **over: Any) -> Candidate:
     cfg = dict(cand.config)
     cfg.update(over)
     return dataclasses.replace(cand, config=tuple(sorted(cfg.items())))
+
+
+def scan_variants(spec: OpSpec, block: int | None = None) -> dict[tuple[str, int], Candidate]:
+    """Per template and scan kind (1: one-program scan, 2: two-level) a candidate on scanned starts:
+    the template's first scan candidate with that kind (and SCAN_BLOCK ``block`` when given)."""
+    out: dict[tuple[str, int], Candidate] = {}
+    cands = FAM.candidates(spec)
+    for c in cands:
+        if c.cfg.get("SCAN"):
+            for kind in (1, 2):
+                out.setdefault((c.template, kind), with_cfg(c, SCAN=kind, SCAN_BLOCK=block or c.cfg["SCAN_BLOCK"]))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -256,13 +268,15 @@ def test_candidate_space(dt: torch.dtype, n: int, d: int, s: int, use_offsets: b
     assert len({(c.template, c.config) for c in cands}) == len(cands)
     templates = {c.template for c in cands}
     avg = n / s
-    # Lengths: in-kernel prefixes must fit the budget; one segment per program is O(S^2).
-    if use_offsets or s * s / 2 <= SR._PREFIX_BUDGET:
-        assert templates == set(TEMPLATES)
-    else:
-        assert "seg_per_program" not in templates and "seg_chunk" in templates
-    long_segs = (avg >= 32 or s < 64) and "seg_per_program" in templates
-    expect = "seg_per_program" if long_segs else "seg_tile" if "seg_tile" in templates else "seg_chunk"
+    assert templates == set(TEMPLATES)
+    # Lengths: every template on scanned starts (both scan kinds offered); in-kernel prefixes only
+    # for small S and within the budget (one segment per program is O(S^2)).
+    scans = {c.cfg.get("SCAN", 0) for c in cands}
+    assert scans == ({0} if use_offsets else {1, 2} | ({0} if s <= SR._PREFIX_MAX_S else set()))
+    if not use_offsets:
+        assert {c.template for c in cands if c.cfg.get("SCAN")} == set(TEMPLATES)
+        assert bool(cands[0].cfg.get("SCAN")) == (s > SR._PREFIX_FIRST_S)
+    expect = "seg_per_program" if avg >= 32 or s < 64 else "seg_tile"
     assert cands[0].template == expect
     for c in cands:
         assert c.origin == "template" and c.config == tuple(sorted(c.config))
@@ -278,8 +292,13 @@ def test_candidate_space(dt: torch.dtype, n: int, d: int, s: int, use_offsets: b
             assert plan.grid[0] <= cfg["PROGRAMS"]
             per = dict(plan.args)["segs_per_prog"]
             assert per % cfg["BLOCK_S"] == 0 and per * plan.grid[0] >= s
-        if not use_offsets and c.template != "seg_chunk":
-            assert plan.grid[0] * plan.grid[1] * s / 2 <= SR._PREFIX_BUDGET
+        if c.cfg.get("SCAN"):
+            assert plan.args[1] == ("seg_ptr", Ws(0)) and dict(plan.args)["USE_OFFSETS"] is True
+            assert plan.workspace[0] == OutBuf((s + 1,), "int64") and len(plan.pre) == c.cfg["SCAN"]
+        else:
+            assert not plan.pre and not plan.workspace
+            if not use_offsets:
+                assert plan.grid[0] * plan.grid[1] * s / 2 <= SR._PREFIX_BUDGET
 
 
 def test_call_plan_binds_kernel_params() -> None:
@@ -368,13 +387,118 @@ def test_lengths_prefix_multi_step_and_odd_chunks() -> None:
     torch.testing.assert_close(out.double(), FAM.reference(spec, inputs)[0], rtol=1e-4, atol=1e-4)
 
 
+# ------------------------------------------------------------------------------------------------
+# lengths on scanned starts: the plan's pre-steps write starts[0..S] into a workspace
+# ------------------------------------------------------------------------------------------------
+
+
+def _scan_starts(spec: OpSpec, cand: Candidate, inputs: list) -> torch.Tensor:
+    """Run only the plan's pre-steps, on poisoned workspace (every element must be written)."""
+    from torch_kevolve.kernels import bind_args
+
+    plan = FAM.call_plan(spec, cand)
+    assert plan.pre and plan.workspace[0] == OutBuf((FAM._dims(spec)[2] + 1,), "int64")
+    ws = [torch.full(b.shape, -(2**40) + 7, dtype=torch.int64) for b in plan.workspace]
+    mod = load_module(cand.source)
+    for st in plan.pre:
+        getattr(mod, st.kernel)[st.grid](**bind_args(st, inputs, [], ws), num_warps=st.num_warps)
+    return ws[0]
+
+
+@pytest.mark.parametrize("s", [1, 37, 200], ids=["S1", "S37-odd", "S200-many-blocks"])
+def test_scan_writes_exclusive_prefix_with_total(s: int) -> None:
+    """starts = [0, cumsum(lengths)] for both scan kinds, with one scan block and with many
+    (SCAN_BLOCK=16 < S); strided int32 lengths with zero-length segments."""
+    g = torch.Generator().manual_seed(s)
+    lens = torch.randint(0, 4, (s,), generator=g)
+    lens[::5] = 0
+    segs = torch.zeros(2 * s, dtype=torch.int32)[::2]
+    segs.copy_(lens)
+    n = int(lens.sum())
+    spec = FAM.spec_for(torch.empty(n, 3), "sum", lengths=segs)
+    want = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lens, 0)])
+    for block in (None, 16):
+        for (t, kind), cand in scan_variants(spec, block).items():
+            if t != "seg_tile":
+                continue  # the pre-steps do not depend on the template
+            got = _scan_starts(spec, cand, [torch.empty(n, 3), segs])
+            assert torch.equal(got, want), (kind, block, got[:8], want[:8])
+
+
+def test_scan_of_no_segments_writes_starts0() -> None:
+    """S = 0 (the family skips such specs, but the kernels must not depend on it): both scan kinds
+    still write starts[0] = 0 and nothing else."""
+    spec = FAM.spec_for(torch.empty(4, 2), "sum", lengths=torch.tensor([4]))
+    lengths = torch.zeros(0, dtype=torch.int64)
+    for cand in [c for (t, _), c in scan_variants(spec).items() if t == "seg_tile"]:
+        mod = load_module(cand.source)
+        starts = torch.full((1,), 99, dtype=torch.int64)
+        sums = torch.full((1,), 99, dtype=torch.int64)
+        if cand.cfg["SCAN"] == 1:
+            mod.segment_reduce_lengths_scan[(1,)](lengths, starts, 0, 1, BLOCK=64)
+        else:
+            mod.segment_reduce_lengths_block_sums[(1,)](lengths, sums, 0, 1, BLOCK=64)
+            mod.segment_reduce_lengths_block_scan[(1,)](lengths, sums, starts, 0, 1, BLOCK=64, BLOCK_B=16)
+            assert int(sums[0]) == 0
+        assert starts.tolist() == [0]
+
+
+@pytest.mark.parametrize("k", range(len(REDUCES)), ids=list(REDUCES))
+def test_kernels_on_scanned_starts(k: int) -> None:
+    """Every template x scan kind x reduction on S=37 segments (zero-length ones included) and
+    several scan blocks; dtypes, lengths dtype, initial and data rank rotate."""
+    reduce = REDUCES[k]
+    dt, seg_dt = _DTYPES[k % 3], (torch.int64, torch.int32)[k % 2]
+    spec = make_spec(dt, reduce, False, _INITIALS[reduce] if k % 2 else None, seg_dt, n=111,
+                     trailing=_SHAPES[k % 3], s=37)
+    inputs = FAM.make_inputs(spec, seed=k)
+    assert (inputs[1] == 0).any()
+    variants = scan_variants(spec, block=16)
+    assert {t for t, _ in variants} == set(TEMPLATES) and {kind for _, kind in variants} == {1, 2}
+    for (t, kind), cand in variants.items():
+        plan = FAM.call_plan(spec, cand)
+        assert len(plan.pre) == kind and dict(plan.args)["seg_ptr"] == Ws(0)
+        try:
+            check(spec, cand, inputs)
+        except AssertionError as e:
+            raise AssertionError(f"{t} SCAN={kind}: {e}") from None
+
+
+@pytest.mark.parametrize("key", ["f32-sum-lengths", "bf16-max-lengths-i32-init"])
+def test_edge_cases_on_scanned_starts(key: str) -> None:
+    spec = make_spec(**EDGE_SPECS[key])
+    variants = scan_variants(spec, block=16)
+    for name, cspec, inputs in FAM.edge_cases(spec, include_nan=True):
+        for (t, kind), cand in variants.items():
+            if name in _SLOW_EDGES and t == "seg_per_program":
+                continue
+            try:
+                check(cspec, cand, inputs, vs_eager=False)
+            except AssertionError as e:
+                raise AssertionError(f"{name} / {t} SCAN={kind}: {e}") from None
+
+
+def test_scan_config_errors() -> None:
+    spec = make_spec(s=20)
+    c = scan_variants(spec)["seg_tile", 1]
+    plain = dataclasses.replace(c, source=TEMPLATES["seg_tile"][1])
+    for bad, needle in [(with_cfg(c, SCAN_BLOCK=24), "SCAN_BLOCK"), (with_cfg(c, SCAN=3), "scan kind"),
+                        (plain, "needs kernel")]:
+        with pytest.raises(ValueError, match=needle):
+            FAM.call_plan(spec, bad)
+    with pytest.raises(ValueError, match="lengths specs only"):
+        FAM.call_plan(make_spec(use_offsets=True, s=20), c)
+    # The template is found from a scan source too (entries written without a template name).
+    assert FAM.call_plan(spec, dataclasses.replace(c, template="")) == FAM.call_plan(spec, c)
+
+
 def test_bad_lengths_never_read_out_of_bounds() -> None:
     """unsafe=True with lengths overshooting N: rows past the data are masked (no fault); segments
     inside the data are still right."""
     data = torch.randn(10, 4)
     lengths = torch.tensor([3, 4, 9, 5])  # sums to 21 > 10
     spec = FAM.spec_for(data, "sum", lengths=lengths)
-    for cand in firsts(FAM.candidates(spec)).values():
+    for cand in [*firsts(FAM.candidates(spec)).values(), *scan_variants(spec, block=16).values()]:
         out = run_candidate(spec, cand, [data, lengths])
         torch.testing.assert_close(out[:2], torch.stack([data[:3].sum(0), data[3:7].sum(0)]))
         torch.testing.assert_close(out[2], data[7:].sum(0))
@@ -442,20 +566,21 @@ def test_nan_propagates_like_eager(reduce: str) -> None:
         spec = FAM.spec_for(x, reduce, lengths=lengths, initial=initial)
         (eager,) = FAM.eager(spec, [x, lengths])
         assert eager.isnan().sum() == 3
-        for cand in firsts(FAM.candidates(spec)).values():
+        for cand in [*firsts(FAM.candidates(spec)).values(), *scan_variants(spec).values()]:
             for c in (cand, with_cfg(cand, BLOCK_N=1)):  # NaN seen in different steps
                 out = run_candidate(spec, c, [x, lengths])
                 torch.testing.assert_close(out, eager, equal_nan=True)
 
 
 _SM90_SCRIPT = r"""
-import math, sys
+import dataclasses, math, sys
 import torch, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from torch_kevolve.families import all_families, get_family
 from torch_kevolve.families import segment_reduce  # noqa: F401
-from torch_kevolve.families.base import In, Out
+from torch_kevolve.families.segment_reduce import SCAN_SOURCES
+from torch_kevolve.families.base import In, Out, Ws
 from torch_kevolve.kernels import load_module
 
 all_families()
@@ -467,36 +592,47 @@ for reduce, off, dt, init in (("max", False, torch.bfloat16, -math.inf), ("prod"
     spec = fam.spec_for(torch.empty(60, 24, dtype=dt), reduce, lengths=None if off else segs[:10],
                         offsets=segs if off else None, initial=init)
     done = set()
+    todo = []
     for cand in fam.candidates(spec):
-        if cand.template in done:
-            continue
-        done.add(cand.template)
+        if cand.template not in done and not cand.cfg.get("SCAN"):
+            done.add(cand.template)
+            todo.append(cand)
+    if not off:  # lengths on scanned starts: the two-level scan with one template, the one-program with another
+        scans = {(c.template, c.cfg["SCAN"]): c for c in fam.candidates(spec) if c.cfg.get("SCAN")}
+        first = next(iter(scans.values()))
+        todo += [dataclasses.replace(first, template="seg_per_program", source=SCAN_SOURCES["seg_per_program"], config=tuple(sorted({**first.cfg, "SCAN": 2, "SCAN_BLOCK": 1024, "BLOCK_N": 4, "ACC_TILE": False}.items()))),
+                 dataclasses.replace(first, template="seg_tile", source=SCAN_SOURCES["seg_tile"], config=tuple(sorted({**first.cfg, "SCAN": 1, "SCAN_BLOCK": 4096, "BLOCK_S": 8, "BLOCK_N": 4}.items())))]
+    for cand in todo:
         plan = fam.call_plan(spec, cand)
-        fn = getattr(load_module(cand.source, interpret=False), plan.kernel)
-        sig, consts = {}, {}
-        for name, v in plan.args:
-            if isinstance(v, (In, Out)):
-                sig[name] = ty[spec.args[v.i].dtype if isinstance(v, In) else plan.outputs[v.j].dtype]
-            elif name.isupper():
-                sig[name], consts[name] = "constexpr", v
-            else:
-                sig[name] = "fp32" if isinstance(v, float) else "i32"
-        try:
-            c = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                               options={"num_warps": plan.num_warps, "num_stages": plan.num_stages})
-        except Exception as e:
-            if "ptxas" in str(e).lower() and "not found" in str(e).lower():
-                print("NO-TOOLCHAIN", e)
-                sys.exit(0)
-            raise
-        assert c.asm.get("cubin"), cand.template
-        print("OK", reduce, cand.template)
+        mod = load_module(cand.source, interpret=False)
+        for st in plan.steps:
+            sig, consts = {}, {}
+            for name, v in st.args:
+                if isinstance(v, (In, Out, Ws)):
+                    buf = spec.args[v.i] if isinstance(v, In) else plan.outputs[v.j] if isinstance(v, Out) else plan.workspace[v.k]
+                    sig[name] = ty[buf.dtype]
+                elif name.isupper():
+                    sig[name], consts[name] = "constexpr", v
+                else:
+                    sig[name] = "fp32" if isinstance(v, float) else "i32"
+            try:
+                c = triton.compile(ASTSource(fn=getattr(mod, st.kernel), signature=sig, constexprs=consts),
+                                   target=GPUTarget("cuda", 90, 32),
+                                   options={"num_warps": st.num_warps, "num_stages": st.num_stages})
+            except Exception as e:
+                if "ptxas" in str(e).lower() and "not found" in str(e).lower():
+                    print("NO-TOOLCHAIN", e)
+                    sys.exit(0)
+                raise
+            assert c.asm.get("cubin"), (cand.template, st.kernel)
+            print("OK", reduce, cand.template, st.kernel)
 """
 
 
 def test_kernels_compile_for_sm90(tmp_path) -> None:
-    """The GPU path: every template (max: NaN tracking and inf initial; prod: generic reduce; mean)
-    compiles to sm_90 cubin under Triton's CUDA backend, no GPU needed; the interpreter cannot catch
+    """The GPU path: every template (max: NaN tracking and inf initial; prod: generic reduce; mean),
+    and every step of the lengths-scan plans (int64 tl.cumsum), compiles to sm_90 cubin under
+    Triton's CUDA backend, no GPU needed; the interpreter cannot catch
     GPU-only errors. A subprocess: with TRITON_INTERPRET=1 at import, triton's own stdlib is
     interpreter-only for the whole process."""
     import os
@@ -508,7 +644,7 @@ def test_kernels_compile_for_sm90(tmp_path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     if "NO-TOOLCHAIN" in r.stdout:
         pytest.skip(r.stdout.strip()[:200])
-    assert r.stdout.count("OK ") == 9, r.stdout
+    assert r.stdout.count("OK ") == 9 + 5, r.stdout  # 3 specs x 3 templates; scans: 3 + 2 steps
 
 
 # ------------------------------------------------------------------------------------------------

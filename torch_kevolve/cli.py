@@ -1,9 +1,11 @@
-"""The ``kevolve`` command: explain a model, inspect the kernel store."""
+"""The ``kevolve`` command: explain a model; inspect, check, clean, share and plot the kernel store
+(``kevolve cache ...``: the logic is in :mod:`torch_kevolve.cache_tools`)."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import os
 import sys
 from typing import Any
 
@@ -26,46 +28,178 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace):
-    from .config import Settings
-    from .store import KernelStore
+    from .cache_tools import open_store
 
-    opts = {"cache_dir": args.cache_dir} if getattr(args, "cache_dir", None) else {}
-    return KernelStore.from_settings(Settings.from_env(opts))
+    return open_store(getattr(args, "dir", None))
+
+
+def _filter(args: argparse.Namespace):
+    from .cache_tools import Filter, parse_date
+
+    return Filter(
+        op=getattr(args, "op", None), family=getattr(args, "family", None), device=getattr(args, "device", None),
+        since=parse_date(args.since) if getattr(args, "since", None) else None,
+        before=parse_date(args.before) if getattr(args, "before", None) else None,
+        min_speedup=getattr(args, "min_speedup", None),
+    )
 
 
 def cmd_cache_ls(args: argparse.Namespace) -> int:
-    store = _store(args)
-    n = 0
-    for e in store.entries():
-        if args.op and args.op not in e.spec.op and args.op != e.spec.family:
-            continue
-        sp = e.meta.get("speedup")
-        print(f"{e.key}  {e.layer:7s}  {e.spec.describe()}  "
-              f"{'speedup %.2fx' % sp if isinstance(sp, (int, float)) else ''}  {e.meta.get('date', '')}")
-        n += 1
-    print(f"{n} entries", file=sys.stderr)
+    from .cache_tools import format_rows, list_rows
+
+    rows = list_rows(_store(args), _filter(args))
+    if args.json:
+        print(json.dumps([{**vars(r), "short_key": r.short_key} for r in rows], indent=1))
+    elif rows:
+        print(format_rows(rows))
+    print(f"{len(rows)} entries", file=sys.stderr)
     return 0
 
 
 def cmd_cache_show(args: argparse.Namespace) -> int:
-    e = _store(args).get_by_key(args.key)
-    if e is None:
-        print(f"no entry {args.key}", file=sys.stderr)
-        return 1
-    if getattr(args, "tree", False):
+    from .cache_tools import entry_json, format_show, resolve_key
+
+    e = resolve_key(_store(args), args.key)
+    if args.tree:
         from .search.tree import SearchTree
 
         doc = (e.meta.get("search") or {}).get("tree")
         if not doc:
-            print(f"entry {args.key} has no search tree (searched before trees were kept?)", file=sys.stderr)
+            print(f"entry {e.key} has no search tree (searched before trees were kept?)", file=sys.stderr)
             return 1
         print(SearchTree.from_json(doc).replay())
         return 0
-    print(json.dumps({"key": e.key, "layer": e.layer, "spec": e.spec.to_json(),
-                      "template": e.candidate.template, "config": e.candidate.cfg,
-                      "origin": e.candidate.origin, "meta": e.meta}, indent=1, default=str))
-    print("\n# --- kernel source ---\n" + e.candidate.source)
+    print(json.dumps(entry_json(e), indent=1, default=str) if args.json else format_show(e))
     return 0
+
+
+def cmd_cache_stats(args: argparse.Namespace) -> int:
+    from .cache_tools import compute_stats, format_stats
+
+    st = compute_stats(_store(args), _filter(args))
+    print(json.dumps(st.to_json(), indent=1) if args.json else format_stats(st))
+    return 0
+
+
+def cmd_cache_verify(args: argparse.Namespace) -> int:
+    from .cache_tools import format_verify, verify_store
+    from .config import Settings
+
+    settings = Settings.from_env()
+    results = verify_store(_store(args), _filter(args), executor=args.executor or settings.executor,
+                           seeds=args.seeds or settings.seeds, mark=not args.no_mark, progress=args.progress,
+                           timeout_s=settings.eval_timeout_s)
+    if args.json:
+        print(json.dumps([vars(r) for r in results], indent=1))
+    else:
+        print(format_verify(results))
+    return 1 if any(r.status in ("failed", "corrupt") for r in results) else 0
+
+
+def cmd_cache_prune(args: argparse.Namespace) -> int:
+    from .cache_tools import PruneCriteria, format_prune, prune
+
+    crit = PruneCriteria(older_than_days=args.older_than, other_versions=args.version, device=args.device,
+                         failed_verify=args.failed_verify)
+    print(format_prune(prune(_store(args), crit, yes=args.yes), args.yes))
+    return 0
+
+
+def cmd_cache_export(args: argparse.Namespace) -> int:
+    from .cache_tools import export_store
+
+    rep = export_store(_store(args), args.out, _filter(args), include_shipped=args.include_shipped)
+    for key, why in rep.skipped:
+        print(f"skipped {key}: {why}", file=sys.stderr)
+    print(f"exported {len(rep.keys)} entries to {rep.path}")
+    return 0
+
+
+def cmd_cache_import(args: argparse.Namespace) -> int:
+    from .cache_tools import format_import, import_tarball
+
+    rep = import_tarball(_store(args), args.src, overwrite=args.overwrite, progress=args.progress)
+    print(format_import(rep))
+    return 1 if rep.refused else 0
+
+
+def cmd_cache_diff(args: argparse.Namespace) -> int:
+    from .cache_tools import CacheToolError, diff_stores, format_diff, open_store
+
+    for d in (args.store_a, args.store_b):
+        if not os.path.isdir(d):
+            raise CacheToolError(f"{d} is not a directory")
+    res = diff_stores(open_store(args.store_a), open_store(args.store_b))
+    print(json.dumps(res.to_json(), indent=1) if args.json else format_diff(res, args.store_a, args.store_b))
+    return 0 if res.identical else 1
+
+
+def cmd_cache_report(args: argparse.Namespace) -> int:
+    from .cache_tools import write_report
+
+    print(f"wrote {write_report(_store(args), args.out, _filter(args))}")
+    return 0
+
+
+def _add_cache_parsers(sub: Any) -> None:
+    cache = sub.add_parser("cache", help="inspect, check, clean, share and plot the kernel store")
+    csub = cache.add_subparsers(dest="cache_cmd", required=True)
+
+    def parser(name: str, fn: Any, help: str, filters: bool = False, store: bool = True) -> argparse.ArgumentParser:
+        p = csub.add_parser(name, help=help, description=help)
+        if store:
+            p.add_argument("--dir", "--cache-dir", dest="dir", default=None,
+                           help="the store directory (default: the user store + the shipped kernel_cache/)")
+        if filters:
+            p.add_argument("--op", default=None, help="op name (substring) or family")
+            p.add_argument("--family", default=None)
+            p.add_argument("--device", default=None, help="device type (cpu, cuda) or part of its name (H100)")
+            p.add_argument("--since", default=None, metavar="DATE", help="searched on or after DATE (YYYY-MM-DD)")
+            p.add_argument("--before", default=None, metavar="DATE", help="searched before DATE")
+            p.add_argument("--min-speedup", type=float, default=None, metavar="X")
+        p.set_defaults(fn=fn)
+        return p
+
+    ls = parser("ls", cmd_cache_ls, "list entries", filters=True)
+    ls.add_argument("--json", action="store_true")
+    show = parser("show", cmd_cache_show, "one entry: source, metadata, how the search found it")
+    show.add_argument("key", help="a key or a unique prefix of it (the short key `ls` prints will do)")
+    show.add_argument("--tree", action="store_true", help="replay the search tree stored with the kernel")
+    show.add_argument("--json", action="store_true")
+    st = parser("stats", cmd_cache_stats, "counts, speedup and percent-of-floor distributions, search time", filters=True)
+    st.add_argument("--json", action="store_true")
+    ve = parser("verify", cmd_cache_verify, "re-check checksums, and re-run this device's kernels against the "
+                "reference; failures are marked in the user layer (exit 1 if any)", filters=True)
+    ve.add_argument("--executor", choices=["local", "inprocess"], default=None,
+                    help="worker pool (default, isolated) or this process (KEVOLVE_EXECUTOR)")
+    ve.add_argument("--seeds", type=int, default=None, help="random input sets per entry (KEVOLVE_SEEDS)")
+    ve.add_argument("--no-mark", action="store_true", help="report only; write nothing")
+    ve.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    ve.add_argument("--json", action="store_true")
+    pr = parser("prune", cmd_cache_prune, "remove user-layer entries matching ALL the criteria given "
+                "(a dry run unless --yes); the shipped layer is never touched")
+    pr.add_argument("--older-than", type=float, default=None, metavar="DAYS")
+    pr.add_argument("--version", action="store_true", help="torch/triton/template versions other than the running ones")
+    pr.add_argument("--device", default=None, help="device type or part of its name")
+    pr.add_argument("--failed-verify", action="store_true", help="marked failed by `verify`, or corrupt files")
+    mode = pr.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", dest="yes", action="store_false", help="list what would go (the default)")
+    mode.add_argument("--yes", dest="yes", action="store_true", help="delete")
+    pr.set_defaults(yes=False)
+    ex = parser("export", cmd_cache_export, "write a .tar.gz of entries with a MANIFEST.json of checksums", filters=True)
+    ex.add_argument("out", metavar="OUT.tar.gz")
+    ex.add_argument("--include-shipped", action="store_true", help="also the shipped kernel_cache/ entries")
+    im = parser("import", cmd_cache_import, "import an export into the user store; bad entries are refused "
+                "and named, good ones imported (exit 1 if any refused)")
+    im.add_argument("src", metavar="IN.tar.gz")
+    im.add_argument("--overwrite", action="store_true", help="replace entries that exist with other content")
+    im.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    di = parser("diff", cmd_cache_diff, "compare two store directories (exit 1 if they differ)", store=False)
+    di.add_argument("store_a", metavar="STORE_A")
+    di.add_argument("store_b", metavar="STORE_B")
+    di.add_argument("--json", action="store_true")
+    rp = parser("report", cmd_cache_report, "write one self-contained HTML page with plots and a table", filters=True)
+    rp.add_argument("out", metavar="OUT.html")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,19 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("target", help="module:function returning (model, inputs)")
     ex.add_argument("--mode", default="cache", choices=["jit", "offline", "cache", "off"])
     ex.set_defaults(fn=cmd_explain)
-    cache = sub.add_parser("cache", help="inspect the kernel store")
-    csub = cache.add_subparsers(dest="cache_cmd", required=True)
-    ls = csub.add_parser("ls")
-    ls.add_argument("--op", default=None)
-    ls.add_argument("--cache-dir", default=None)
-    ls.set_defaults(fn=cmd_cache_ls)
-    show = csub.add_parser("show")
-    show.add_argument("key")
-    show.add_argument("--cache-dir", default=None)
-    show.add_argument("--tree", action="store_true", help="replay the search tree stored with the kernel")
-    show.set_defaults(fn=cmd_cache_show)
+    _add_cache_parsers(sub)
     args = p.parse_args(argv)
-    return int(args.fn(args))
+    from .cache_tools import CacheToolError
+
+    try:
+        return int(args.fn(args))
+    except CacheToolError as e:
+        print(f"kevolve {args.cmd}{' ' + args.cache_cmd if args.cmd == 'cache' else ''}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

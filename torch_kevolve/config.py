@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 MODES = ("jit", "offline", "cache", "off")
+CONTEST = ("auto", "all", "none")
 
 
 def parse_budget(text: str) -> tuple[int | None, float | None]:
@@ -70,6 +71,10 @@ class Settings:
     search_seed: int = 0  # the strategy's rng: same seed, same synthesizer and timer -> same search
     executor: str = "local"  # where candidates are evaluated: "local" worker pool, "inprocess", "ray"
     eval_timeout_s: float = 120.0  # one candidate's compile+verify+time in a worker, then it is killed
+    # Ops Inductor lowers itself (a family's ``lowered_ops``): "auto" contests them on CUDA, where
+    # timings can show a kernel beats Inductor's; "all" on every device (tests); "none" never.
+    contest: str = "auto"
+    workers_per_gpu: int = 0  # local harness: evaluation workers sharing one GPU (0: auto)
 
     @staticmethod
     def from_env(options: dict[str, Any] | None = None) -> "Settings":
@@ -88,6 +93,8 @@ class Settings:
             "search_seed": os.environ.get("KEVOLVE_SEARCH_SEED"),
             "executor": os.environ.get("KEVOLVE_EXECUTOR"),
             "eval_timeout_s": os.environ.get("KEVOLVE_EVAL_TIMEOUT_S"),
+            "contest": os.environ.get("KEVOLVE_CONTEST"),
+            "workers_per_gpu": os.environ.get("KEVOLVE_WORKERS_PER_GPU"),
         }
         merged = {k: v for k, v in env.items() if v not in (None, "")}
         merged.update({k: v for k, v in (options or {}).items() if v is not None})
@@ -101,11 +108,11 @@ class Settings:
                 conv[k] = None if v is None else Path(v).expanduser()
             elif k in ("search_budget_s", "lock_timeout_s", "eval_timeout_s"):
                 conv[k] = float(v)
-            elif k in ("seeds", "max_candidates", "search_seed"):
+            elif k in ("seeds", "max_candidates", "search_seed", "workers_per_gpu"):
                 conv[k] = int(v)
             elif k == "patience":
                 conv[k] = int(v) if int(v) > 0 else None  # 0 / negative: no patience limit
-            elif k == "search":
+            elif k in ("search", "contest"):
                 conv[k] = str(v).strip().lower()
             else:
                 conv[k] = str(v)
@@ -114,5 +121,7 @@ class Settings:
             raise ValueError(f"KEVOLVE_MODE / mode must be one of {MODES}, got {s.mode!r}")
         if s.route not in ("auto", "triton", "custom_op"):
             raise ValueError(f"KEVOLVE_ROUTE / route must be auto, triton or custom_op, got {s.route!r}")
+        if s.contest not in CONTEST:
+            raise ValueError(f"KEVOLVE_CONTEST / contest must be one of {CONTEST}, got {s.contest!r}")
         parse_budget(s.budget)  # fail here, not in the middle of a compile
         return s

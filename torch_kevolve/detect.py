@@ -4,7 +4,10 @@ A node is long-tail when Inductor will not generate code for it on this device:
 * it is in Inductor's fallback set (``make_fallback``) or has no lowering at all;
 * its lowering exists only for Triton devices and the graph runs on another device (conditional
   fallbacks inside the lowering functions, listed below by reading ``torch/_inductor/lowering.py``);
-* it is a custom op with no kernel for the device's dispatch key.
+* it is a custom op with no kernel for the device's dispatch key;
+* it is *contested*: Inductor lowers it, but a family lists it in ``lowered_ops`` because that
+  lowering runs far from the hardware floor (by default on CUDA only: ``Settings.contest``). The
+  search's baseline for such a node is Inductor's own kernel, not eager.
 Each finding says why; the pass then asks the op's family (if any) whether it can serve the node.
 """
 from __future__ import annotations
@@ -53,8 +56,20 @@ def node_device(node: fx.Node) -> torch.device | None:
     return dev(node.meta.get("val"))
 
 
-def long_tail_reason(node: fx.Node) -> str | None:
-    """Why Inductor will not generate code for this node on its device, or None."""
+CONTESTED = "Inductor lowers it; contested (the search's baseline is Inductor's kernel)"
+
+
+def contests(contest: str, device: torch.device | None) -> bool:
+    """Whether lowered ops are contested on ``device`` under the ``contest`` setting."""
+    if contest == "all":
+        return True
+    if contest == "auto":
+        return device is not None and device.type == "cuda"
+    return False
+
+
+def long_tail_reason(node: fx.Node, contest: str = "auto") -> str | None:
+    """Why Inductor will not generate code for this node on its device (or contests it), or None."""
     if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
         return None
     from torch._inductor import lowering as L
@@ -81,6 +96,13 @@ def long_tail_reason(node: fx.Node) -> str | None:
         return "Inductor fallback (make_fallback): calls the ATen kernel"
     if target not in L.lowerings and target.overloadpacket not in L.lowerings:
         return "no Inductor lowering: calls the ATen kernel"
+    fam = family_for_op(name)
+    if fam is not None and name in fam.lowered_ops:
+        why = fam.inductor_fallback_reason(node)
+        if why:
+            return why
+        if contests(contest, device):
+            return CONTESTED
     return None
 
 
@@ -97,10 +119,10 @@ class Finding:
     match: Match | None = field(default=None, repr=False)
 
 
-def detect(graph: fx.Graph) -> list[Finding]:
+def detect(graph: fx.Graph, contest: str = "auto") -> list[Finding]:
     findings: list[Finding] = []
     for node in graph.nodes:
-        reason = long_tail_reason(node)
+        reason = long_tail_reason(node, contest)
         if reason is None:
             continue
         name = op_name(node.target)

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from .families.base import CallPlan, In, Out
+from .families.base import CallPlan, In, Out, OutBuf, Step, Ws
 
 _lock = threading.Lock()
 _modules: dict[str, ModuleType] = {}
@@ -100,9 +100,9 @@ def _poison(buf: torch.Tensor) -> None:
         buf.fill_(torch.iinfo(buf.dtype).min + 7)
 
 
-def allocate_outputs(plan: CallPlan, device: torch.device, poison: bool = False) -> list[torch.Tensor]:
-    outs = []
-    for ob in plan.outputs:
+def _allocate(bufs: Sequence[OutBuf], device: torch.device, poison: bool) -> list[torch.Tensor]:
+    out = []
+    for ob in bufs:
         dt = getattr(torch, ob.dtype)
         if ob.fill is None:
             t = torch.empty(ob.shape, dtype=dt, device=device)
@@ -110,17 +110,35 @@ def allocate_outputs(plan: CallPlan, device: torch.device, poison: bool = False)
                 _poison(t)
         else:
             t = torch.full(ob.shape, ob.fill, dtype=dt, device=device)
-        outs.append(t)
-    return outs
+        out.append(t)
+    return out
 
 
-def bind_args(plan: CallPlan, inputs: Sequence[torch.Tensor | None], outs: Sequence[torch.Tensor]) -> dict:
+def allocate_outputs(plan: CallPlan, device: torch.device, poison: bool = False) -> list[torch.Tensor]:
+    return _allocate(plan.outputs, device, poison)
+
+
+def allocate_workspace(plan: CallPlan, device: torch.device, poison: bool = False) -> list[torch.Tensor]:
+    """Scratch for one call. Verification poisons it like the outputs (unless it has a fill): a step
+    that reads scratch no earlier step wrote must fail there, not pass on whatever memory held."""
+    return _allocate(plan.workspace, device, poison=poison)
+
+
+def bind_args(
+    plan: CallPlan | Step,
+    inputs: Sequence[torch.Tensor | None],
+    outs: Sequence[torch.Tensor],
+    ws: Sequence[torch.Tensor] = (),
+) -> dict:
+    """Keyword arguments of one launch (a plan stands for its main kernel)."""
     kwargs = {}
     for name, v in plan.args:
         if isinstance(v, In):
             kwargs[name] = inputs[v.i]
         elif isinstance(v, Out):
             kwargs[name] = outs[v.j]
+        elif isinstance(v, Ws):
+            kwargs[name] = ws[v.k]
         else:
             kwargs[name] = v
     return kwargs
@@ -134,12 +152,14 @@ def launch(
     poison: bool = False,
     outs: list[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
-    """Allocate the plan's outputs and launch the kernel on them. Capturable: no host syncs."""
+    """Allocate the plan's outputs and workspace, launch its steps in order. Capturable: no host syncs."""
     if device is None:
         device = next(t.device for t in inputs if t is not None)
     if outs is None:
         outs = allocate_outputs(plan, device, poison=poison)
-    if all(g > 0 for g in plan.grid):
-        fn = getattr(module, plan.kernel)
-        fn[tuple(plan.grid)](**bind_args(plan, inputs, outs), num_warps=plan.num_warps, num_stages=plan.num_stages)
+    ws = allocate_workspace(plan, device, poison=poison) if plan.workspace else []
+    for step in plan.steps:
+        if all(g > 0 for g in step.grid):
+            fn = getattr(module, step.kernel)
+            fn[tuple(step.grid)](**bind_args(step, inputs, outs, ws), num_warps=step.num_warps, num_stages=step.num_stages)
     return outs

@@ -123,6 +123,17 @@ class Entry:
         return Entry(OpSpec.from_json(doc["spec"]), cand, dict(doc.get("meta") or {}), doc["checksum"], layer)
 
 
+@dataclass
+class Checked:
+    """One entry file and the store's verdict on it: ``entry`` when valid, else ``problem``."""
+
+    layer: str
+    path: Path
+    key: str
+    entry: Entry | None
+    problem: str | None = None
+
+
 class _Invalid(Exception):
     """A stored file that must be skipped; the message says why."""
 
@@ -274,6 +285,25 @@ class KernelStore:
                 seen.add(key)
                 yield e
 
+    def audit(self, layer: str | None = None) -> Iterator["Checked"]:
+        """Every entry *file* in ``layer`` (None: both, shadowed ones included) with its verdict.
+
+        Unlike ``entries`` it reports invalid files (with the reason) instead of skipping them with a
+        warning: it is what ``kevolve cache verify/prune`` judge and clean up."""
+        for name, path, fam, lk, strict in self._scan(layer):
+            key = f"{fam}/{lk}/{strict}"
+            try:
+                raw = path.read_bytes()
+            except FileNotFoundError:
+                continue  # removed while scanning
+            except OSError as e:
+                yield Checked(name, path, key, None, f"unreadable ({e.strerror or e})")
+                continue
+            try:
+                yield Checked(name, path, key, self._check(raw, key, name), None)
+            except _Invalid as e:
+                yield Checked(name, path, key, None, str(e))
+
     def generation(self) -> str:
         """Cheap fingerprint of both layers (relative paths + size + mtime_ns + inode), no file reads.
 
@@ -313,6 +343,14 @@ class KernelStore:
         except (TypeError, ValueError, RecursionError) as e:
             return self._cannot_write("serialize an entry", f"{type(e).__name__}: {e}")
         final = self.root / LAYOUT_DIR / self._rel(*parts)
+        if not self._write_atomic(final, data):
+            return False
+        entry.checksum = doc["checksum"]
+        log.debug("kevolve: stored %s at %s", entry.key, final)
+        return True
+
+    def _write_atomic(self, final: Path, data: bytes) -> bool:
+        """Temp file in ``final``'s directory + fsync + ``os.replace``: readers see old, new or nothing."""
         tmp = final.with_name(f".{final.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -333,9 +371,49 @@ class KernelStore:
         except OSError as e:
             return self._cannot_write("write", _why(e))
         _fsync_dir(final.parent)
-        entry.checksum = doc["checksum"]
-        log.debug("kevolve: stored %s at %s", entry.key, final)
         return True
+
+    def put_bytes(self, key: str, data: bytes) -> Entry:
+        """Store an entry file's exact bytes (an imported one) in the user layer, atomically.
+
+        The bytes are checked as a reader would check them (JSON, schema, checksum, key vs. path)
+        before anything is written, so a bad file never lands. Raises ValueError naming the problem
+        (an unwritable store included)."""
+        parts = split_key(key)
+        if parts is None:
+            raise ValueError(f"unsafe key {key!r}")
+        if self.readonly:
+            raise ValueError(f"kernel store {self.root} is opened read-only")
+        try:
+            entry = self._check(data, key, "user")
+        except _Invalid as e:
+            raise ValueError(str(e)) from None
+        if not self._write_atomic(self.root / LAYOUT_DIR / self._rel(*parts), data):
+            raise ValueError(f"cannot write kernel store {self.root} (see the warning above)")
+        return entry
+
+    def update_meta(self, key: str, patch: dict, expect_checksum: str | None = None, timeout: float = 30.0) -> bool:
+        """Merge ``patch`` into a user-layer entry's meta and rewrite it atomically (new checksum).
+
+        Held under the key's ``claim`` lock and re-read inside it, so a concurrent search or import
+        is never overwritten with stale content; with ``expect_checksum`` the update is dropped
+        (False) when the file changed since the caller judged it. The shipped layer is never written."""
+        parts = split_key(key)
+        if parts is None or self.readonly:
+            return False
+        path = self.root / LAYOUT_DIR / self._rel(*parts)
+        current = self._load(path, *parts, "user")
+        if current is None:
+            return False
+        with self.claim(current.spec, timeout) as got:
+            if not got:
+                log.warning("kevolve: %s is locked by another process; not updating it", key)
+                return False
+            current = self._load(path, *parts, "user")
+            if current is None or (expect_checksum is not None and current.checksum != expect_checksum):
+                return False
+            current.meta = {**current.meta, **patch}
+            return self.put(current)
 
     def remove(self, key: str) -> bool:
         """Delete ``key`` from the user layer (the shipped layer is read-only). True if it was there."""

@@ -1,7 +1,7 @@
 """Registry of op families: one module per family, registered by name and by op overload."""
 from __future__ import annotations
 
-from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip
+from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip, Step, Ws
 
 _FAMILIES: dict[str, OpFamily] = {}
 _BY_OP: dict[str, OpFamily] = {}
@@ -22,7 +22,7 @@ def _load_builtin() -> None:
     if _loaded:
         return
     _loaded = True
-    from . import embedding_bag, segment_reduce  # noqa: F401  (each registers itself)
+    from . import embedding_bag, jagged, scatter, segment_reduce  # noqa: F401  (each registers itself)
 
 
 def get_family(name: str) -> OpFamily:
@@ -41,6 +41,6 @@ def all_families() -> list[OpFamily]:
 
 
 __all__ = [
-    "CallPlan", "Candidate", "In", "Match", "OpFamily", "Out", "OutBuf", "Skip",
+    "CallPlan", "Candidate", "In", "Match", "OpFamily", "Out", "OutBuf", "Skip", "Step", "Ws",
     "register", "get_family", "family_for_op", "all_families",
 ]

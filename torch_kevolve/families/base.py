@@ -5,6 +5,10 @@ generators and edge cases, Triton templates and their configuration space, and t
 says how a kernel is launched. The call plan is data (not code), so the same stored kernel can be
 launched from Python (custom op route, CPU/interpreter) or inserted as Inductor's user-defined
 Triton kernel node (GPU route) without the family knowing which.
+
+A plan may launch several kernels of the candidate's one source module: ``pre`` steps run in order
+before the main kernel (e.g. a prefix sum the reduction reads), communicating through ``workspace``
+buffers that are allocated per call and never returned.
 """
 from __future__ import annotations
 
@@ -32,20 +36,73 @@ class Out:
 
 
 @dataclass(frozen=True)
+class Ws:
+    """Kernel argument bound to workspace buffer ``k`` of the call plan (scratch, not returned)."""
+
+    k: int
+
+
+@dataclass(frozen=True)
 class OutBuf:
     shape: tuple[int, ...]
     dtype: str
-    fill: float | int | None = None  # None: torch.empty; the kernel must write every element
+    # None: torch.empty; the plan's kernels must write every element (outputs are poisoned in
+    # verification; workspace is not, so a step must not read workspace nobody wrote).
+    fill: float | int | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One kernel launch of a plan: arguments bind In / Out / Ws or python constants."""
+
+    kernel: str  # name of the @triton.jit function in the candidate source
+    grid: tuple[int, ...]
+    args: tuple[tuple[str, Any], ...]  # (param name, In | Out | Ws | python constant)
+    num_warps: int = 4
+    num_stages: int = 2
 
 
 @dataclass(frozen=True)
 class CallPlan:
+    """How a candidate is launched: ``pre`` steps in order, then the main kernel (these fields).
+
+    Single-kernel plans leave ``pre`` and ``workspace`` empty and are exactly what they were before
+    multi-step plans existed. Steps run on one stream in order, so a step sees everything earlier
+    steps wrote; a grid with a zero dimension skips its step.
+    """
+
     kernel: str  # name of the @triton.jit function in the candidate source
     grid: tuple[int, ...]
-    args: tuple[tuple[str, Any], ...]  # (param name, In | Out | python constant)
+    args: tuple[tuple[str, Any], ...]  # (param name, In | Out | Ws | python constant)
     outputs: tuple[OutBuf, ...]
     num_warps: int = 4
     num_stages: int = 2
+    pre: tuple[Step, ...] = ()
+    workspace: tuple[OutBuf, ...] = ()
+
+    def __post_init__(self) -> None:
+        # A binding past the buffers is a family bug; catch it here, not as a launch-time IndexError.
+        for st in self.steps:
+            for name, v in st.args:
+                if isinstance(v, Out) and not 0 <= v.j < len(self.outputs):
+                    raise ValueError(f"{st.kernel}.{name} is bound to Out({v.j}) but the plan has {len(self.outputs)} outputs")
+                if isinstance(v, Ws) and not 0 <= v.k < len(self.workspace):
+                    raise ValueError(f"{st.kernel}.{name} is bound to Ws({v.k}) but the plan has "
+                                     f"{len(self.workspace)} workspace buffers")
+
+    @property
+    def main(self) -> Step:
+        return Step(self.kernel, self.grid, self.args, self.num_warps, self.num_stages)
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        """Every launch in order: the pre steps, then the main kernel."""
+        return (*self.pre, self.main)
+
+    @property
+    def kernels(self) -> tuple[str, ...]:
+        """Distinct kernel names the plan launches, in first-launch order."""
+        return tuple(dict.fromkeys(st.kernel for st in self.steps))
 
 
 @dataclass(frozen=True)
@@ -79,7 +136,17 @@ class Skip:
 class OpFamily(ABC):
     name: str = ""
     ops: tuple[str, ...] = ()  # op overload names, e.g. "aten._embedding_bag.default"
+    #: ops among ``ops`` that Inductor *does* lower (no fallback). kevolve contests them (on CUDA by
+    #: default, see ``Settings.contest``) with Inductor's own kernel as the search's baseline, and
+    #: uses a stored kernel only where it was measured faster than that kernel on the device.
+    lowered_ops: tuple[str, ...] = ()
     template_version: str = "1"
+
+    def inductor_fallback_reason(self, node: Any) -> str | None:
+        """For an op in ``lowered_ops``: why Inductor's lowering calls the ATen kernel for this node
+        (lowerings call ``fallback_handler`` for some devices, ranks or arguments), or None when it
+        generates its own kernel. A fallback node is served like any fallback, on every device."""
+        return None
 
     # -- detection -------------------------------------------------------------------------------
     @abstractmethod
@@ -94,6 +161,23 @@ class OpFamily(ABC):
     @abstractmethod
     def reference(self, spec: OpSpec, inputs: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
         """Ground truth, float64 where the op allows."""
+
+    def reference_source(self, spec: OpSpec) -> str:
+        """The op as PyTorch code, for an LLM prompt. Families may override with a cleaner,
+        self-contained version; the fallback is the spec's description plus the source of
+        :meth:`eager` (what PyTorch runs) and :meth:`reference` (the ground truth)."""
+        import inspect
+        import textwrap
+
+        parts = [f"# {self.name}: {spec.describe()}",
+                 "# inputs: " + ", ".join("None" if a is None else f"{a.dtype}{list(a.shape)}" for a in spec.args),
+                 "# constants: " + (", ".join(f"{k}={v!r}" for k, v in spec.consts) or "none")]
+        for meth in (type(self).eager, type(self).reference):
+            try:
+                parts.append(textwrap.dedent(inspect.getsource(meth)).rstrip())
+            except (OSError, TypeError):  # no source on disk (frozen, REPL): the description must do
+                pass
+        return "\n\n".join(parts) + "\n"
 
     @abstractmethod
     def make_inputs(self, spec: OpSpec, seed: int) -> list[torch.Tensor | None]:
@@ -114,6 +198,11 @@ class OpFamily(ABC):
     def floor_bytes(self, spec: OpSpec) -> int:
         """Bytes that must move (each input read once, each output written once)."""
         raise NotImplementedError
+
+    def floor_flops(self, spec: OpSpec) -> int:
+        """Arithmetic that must happen (FLOPs); 0 for data-movement ops. With it the profile reports
+        FLOP/s against the measured matmul rate and a compute-bound verdict."""
+        return 0
 
     # -- kernels ---------------------------------------------------------------------------------
     @abstractmethod

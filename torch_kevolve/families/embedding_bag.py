@@ -14,6 +14,11 @@ ATen semantics pinned here (tests compare against eager):
 * ``include_last_offset``: ``B = len(offsets) - 1`` and bag ``b`` is ``[offsets[b], offsets[b+1])``;
   otherwise the last bag ends at ``len(indices)``.
 * ``per_sample_weights`` is only legal with mode sum.
+* ``mode='max'`` (same on CPU and CUDA): per column, the first non-padding entry of a bag seeds the
+  result and a later entry replaces it only when strictly greater. So NaN propagates only when it is
+  the bag's first non-padding value (a later NaN is never greater), and a bag with no non-padding
+  entry is 0. The max kernels track that NaN apart (``tl.max`` drops NaN) and come from sources of
+  their own (``MAX_TEMPLATES``) so the sum/mean sources, and stored entries, are untouched.
 
 Three templates share one inner reduction (fp32 accumulation, int64 row addressing):
 
@@ -214,6 +219,146 @@ TEMPLATES: dict[str, tuple[str, str]] = {
     "bag_tile": ("embedding_bag_bag_tile", BAG_TILE_SOURCE),
 }
 
+# ------------------------------------------------------------------------------------------------
+# mode='max': sources of their own (the sum/mean sources above stay byte-identical for stored
+# entries), same templates, grids and signature.
+# ------------------------------------------------------------------------------------------------
+
+_BAG_MAX = '''
+
+@triton.jit
+def _bag_max(
+    weight_ptr, indices_ptr, start, end, d, d_mask, num_embeddings, stride_w, stride_idx,
+    PADDING_IDX: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, ACC_TILE: tl.constexpr,
+):
+    """Max-pooled fp32 [BLOCK_D] slice of one bag in aten's order: the first non-padding entry seeds
+    it and later ones replace it only when greater, so a NaN wins only when it comes first (tracked
+    apart: NaN is read as -inf); a bag without non-padding entries is 0."""
+    if ACC_TILE:
+        acc_tile = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32) + float("-inf")
+    else:
+        acc = tl.zeros([BLOCK_D], dtype=tl.float32) + float("-inf")
+    nan_first = tl.zeros([BLOCK_D], dtype=tl.int32)  # int32: what tl.max of int8 gives on GPU
+    seen = start * 0  # non-padding entries before this chunk
+    for l0 in range(start, end, BLOCK_L):
+        pos = l0 + tl.arange(0, BLOCK_L)
+        pm = pos < end
+        idx = tl.load(indices_ptr + pos * stride_idx, mask=pm, other=0).to(tl.int64)
+        # Out-of-range rows are masked (eager raises on them) so a bad index cannot fault.
+        keep = pm & (idx >= 0) & (idx < num_embeddings)
+        if PADDING_IDX >= 0:
+            keep = keep & (idx != PADDING_IDX)
+        x = tl.load(
+            weight_ptr + idx[:, None] * stride_w + d[None, :],
+            mask=keep[:, None] & d_mask[None, :],
+            other=float("-inf"),
+        ).to(tl.float32)
+        isnan = x != x
+        x = tl.where(isnan, float("-inf"), x)
+        if ACC_TILE:
+            acc_tile = tl.maximum(acc_tile, x)
+        else:
+            acc = tl.maximum(acc, tl.max(x, axis=0))
+        first = keep & (pos == tl.min(tl.where(keep, pos, end), axis=0)) & (seen == 0)
+        nan_first = nan_first | tl.max((first[:, None] & isnan).to(tl.int32), axis=0)
+        seen += tl.sum(keep.to(tl.int64), axis=0)
+    if ACC_TILE:
+        acc = tl.max(acc_tile, axis=0)
+    acc = tl.where(nan_first > 0, float("nan"), acc)
+    return tl.where(seen > 0, acc, 0.0)
+'''
+
+BAG_PER_PROGRAM_MAX_SOURCE = _HEADER + _BAG_BOUNDS + _BAG_MAX + '''
+
+@triton.jit
+def embedding_bag_max_bag_per_program(''' + _SIGNATURE + '''
+    BLOCK_L: tl.constexpr, ACC_TILE: tl.constexpr,
+):
+    """mode='max'; one program = one bag x one BLOCK_D slice."""
+    bag = tl.program_id(0).to(tl.int64)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = d < dim
+    start, end = _bag_bounds(offsets_ptr, bag, num_bags, num_indices, stride_off, INCLUDE_LAST_OFFSET)
+    acc = _bag_max(
+        weight_ptr, indices_ptr, start, end, d, d_mask, num_embeddings, stride_w, stride_idx,
+        PADDING_IDX, BLOCK_D, BLOCK_L, ACC_TILE,
+    )
+    tl.store(out_ptr + bag * stride_out + d, acc.to(out_ptr.dtype.element_ty), mask=d_mask)
+'''
+
+BAGS_PER_BLOCK_MAX_SOURCE = _HEADER + _BAG_BOUNDS + _BAG_MAX + '''
+
+@triton.jit
+def embedding_bag_max_bags_per_block(''' + _SIGNATURE + '''
+    BLOCK_L: tl.constexpr, ACC_TILE: tl.constexpr, BAGS_PER_PROG: tl.constexpr,
+):
+    """mode='max'; one program = BAGS_PER_PROG consecutive bags (one after another) x one BLOCK_D slice."""
+    first = tl.program_id(0).to(tl.int64) * BAGS_PER_PROG
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = d < dim
+    for i in range(BAGS_PER_PROG):
+        bag = first + i
+        live = bag < num_bags
+        bag_c = tl.minimum(bag, num_bags - 1)
+        start, end = _bag_bounds(offsets_ptr, bag_c, num_bags, num_indices, stride_off, INCLUDE_LAST_OFFSET)
+        end = tl.where(live, end, start)  # past the last bag: empty range, masked store
+        acc = _bag_max(
+            weight_ptr, indices_ptr, start, end, d, d_mask, num_embeddings, stride_w, stride_idx,
+            PADDING_IDX, BLOCK_D, BLOCK_L, ACC_TILE,
+        )
+        tl.store(out_ptr + bag_c * stride_out + d, acc.to(out_ptr.dtype.element_ty), mask=d_mask & live)
+'''
+
+BAG_TILE_MAX_SOURCE = _HEADER + _BAG_BOUNDS + '''
+
+@triton.jit
+def embedding_bag_max_bag_tile(''' + _SIGNATURE + '''
+    BAGS_PER_PROG: tl.constexpr,
+):
+    """mode='max' (aten's order, as in _bag_max elsewhere) over a [BAGS_PER_PROG, BLOCK_D] tile of
+    bags; steps through bag positions."""
+    bags = tl.program_id(0).to(tl.int64) * BAGS_PER_PROG + tl.arange(0, BAGS_PER_PROG)
+    live = bags < num_bags
+    bags_c = tl.minimum(bags, num_bags - 1)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = d < dim
+    starts, ends = _bag_bounds(offsets_ptr, bags_c, num_bags, num_indices, stride_off, INCLUDE_LAST_OFFSET)
+    lens = tl.where(live, ends - starts, 0)
+    max_len = tl.max(lens, axis=0)
+    acc = tl.zeros([BAGS_PER_PROG, BLOCK_D], dtype=tl.float32) + float("-inf")
+    nan_first = tl.zeros([BAGS_PER_PROG, BLOCK_D], dtype=tl.int8)
+    seen = tl.zeros([BAGS_PER_PROG], dtype=tl.int32)
+    for j in range(0, max_len):
+        jm = j < lens
+        idx = tl.load(indices_ptr + (starts + j) * stride_idx, mask=jm, other=0).to(tl.int64)
+        keep = jm & (idx >= 0) & (idx < num_embeddings)
+        if PADDING_IDX >= 0:
+            keep = keep & (idx != PADDING_IDX)
+        x = tl.load(
+            weight_ptr + idx[:, None] * stride_w + d[None, :],
+            mask=keep[:, None] & d_mask[None, :],
+            other=float("-inf"),
+        ).to(tl.float32)
+        isnan = x != x
+        nan_first = nan_first | ((keep & (seen == 0))[:, None] & isnan).to(tl.int8)
+        acc = tl.maximum(acc, tl.where(isnan, float("-inf"), x))
+        seen += keep.to(tl.int32)
+    acc = tl.where(nan_first > 0, float("nan"), acc)
+    acc = tl.where(seen[:, None] > 0, acc, 0.0)
+    tl.store(
+        out_ptr + bags_c[:, None] * stride_out + d[None, :],
+        acc.to(out_ptr.dtype.element_ty),
+        mask=live[:, None] & d_mask[None, :],
+    )
+'''
+
+MAX_TEMPLATES: dict[str, tuple[str, str]] = {
+    # template name -> (kernel name, source) for mode='max'
+    "bag_per_program": ("embedding_bag_max_bag_per_program", BAG_PER_PROGRAM_MAX_SOURCE),
+    "bags_per_block": ("embedding_bag_max_bags_per_block", BAGS_PER_BLOCK_MAX_SOURCE),
+    "bag_tile": ("embedding_bag_max_bag_tile", BAG_TILE_MAX_SOURCE),
+}
+
 
 # ------------------------------------------------------------------------------------------------
 # Helpers
@@ -229,7 +374,7 @@ def _bag_count(offsets_sig: TensorSig, include_last_offset: bool) -> int:
 
 
 class EmbeddingBagFamily(OpFamily):
-    """Forward pooled embeddings (output 0) of ``aten._embedding_bag[_forward_only]``, sum/mean."""
+    """Forward pooled embeddings (output 0) of ``aten._embedding_bag[_forward_only]``, sum/mean/max."""
 
     name = "embedding_bag"
     ops = _OPS
@@ -241,9 +386,7 @@ class EmbeddingBagFamily(OpFamily):
         weight: Any, indices: Any, offsets: Any, psw: Any, mode: int, include_last_offset: bool
     ) -> str | None:
         """Why these (real or fake) tensors and constants can't be served, or None."""
-        if mode == 2:
-            return "mode='max' is not served yet (needs max_indices semantics)"
-        if mode not in (0, 1):
+        if mode not in (0, 1, 2):
             return f"unknown embedding_bag mode {mode!r}"
         if weight.dtype not in _FLOAT_DTYPES:
             return f"weight dtype {weight.dtype} not in float32/float16/bfloat16"
@@ -384,6 +527,8 @@ class EmbeddingBagFamily(OpFamily):
         if pad >= 0:
             keep &= idx != pad
         rows = w[idx[keep]]
+        if mode == 2:
+            return [self._reference_max(rows, bag_c[keep], pos[keep], b, n)]
         if psw is not None:
             rows = rows * psw.reshape(-1).to(torch.float64)[keep][:, None]
         out = torch.zeros(b, d, dtype=torch.float64, device=w.device)
@@ -392,6 +537,22 @@ class EmbeddingBagFamily(OpFamily):
             cnt = torch.bincount(bag_c[keep], minlength=b).to(torch.float64)
             out = out / cnt.clamp(min=1)[:, None]
         return [out]
+
+    @staticmethod
+    def _reference_max(rows: torch.Tensor, bag: torch.Tensor, pos: torch.Tensor, b: int, n: int) -> torch.Tensor:
+        """aten's max over the kept entries (rows, their bags and positions): the first entry of a bag
+        seeds it, later ones replace it only when greater; so NaN iff the first is NaN; empty -> 0."""
+        d = rows.shape[1]
+        nan = torch.isnan(rows)
+        out = torch.full((b, d), -math.inf, dtype=torch.float64, device=rows.device)
+        out.scatter_reduce_(0, bag[:, None].expand(-1, d), rows.masked_fill(nan, -math.inf), "amax", include_self=True)
+        first = torch.full((b,), n, dtype=torch.int64, device=rows.device).scatter_reduce(0, bag, pos, "amin")
+        is_first = pos == first[bag]
+        nan_first = torch.zeros(b, d, dtype=torch.bool, device=rows.device)
+        nan_first[bag[is_first]] = nan[is_first]
+        out = out.masked_fill(nan_first, math.nan)
+        cnt = torch.bincount(bag, minlength=b)
+        return out.masked_fill((cnt == 0)[:, None], 0.0)
 
     # -- inputs ----------------------------------------------------------------------------------
     @staticmethod
@@ -519,7 +680,32 @@ class EmbeddingBagFamily(OpFamily):
             self._case(spec, "extreme_values", torch.rand(v, d, generator=gen) * big + big / 4, ids(10),
                        [3, 1, 2, 4], gen, psw=torch.rand(10, generator=gen) * 0.5 + 0.25)
         )
+        if int(spec.const("mode")) == 2:
+            cases += self._max_cases(spec, gen, d, pad)
         return cases
+
+    def _max_cases(self, spec: OpSpec, gen: torch.Generator, d: int, pad: int) -> list:
+        """mode='max': NaN first / later / alone in a bag (aten keeps it only when first, also when
+        padding comes before it), -inf rows, and ties of negative values."""
+        rows = max(8, pad + 1) if 0 <= pad <= 100_000 else 8
+        w = torch.randn(rows, d, generator=gen)
+        nan_row, neg_inf_row, small_row = (pad + 1) % rows, (pad + 2) % rows, (pad + 3) % rows
+        w[nan_row, 0] = math.nan  # column 0 of this row is NaN
+        w[neg_inf_row, :] = -math.inf
+        w[small_row, :] = -1e4
+        other = [r for r in range(rows) if r not in (nan_row, neg_inf_row, small_row, pad)]
+        seqs = [
+            [nan_row, other[0]],  # NaN first: NaN in column 0
+            [other[0], nan_row, other[1]],  # NaN later: dropped
+            [nan_row],  # NaN alone
+            [neg_inf_row, neg_inf_row],  # all -inf
+            [small_row, neg_inf_row, small_row],  # ties, negative values
+            [],  # empty
+        ]
+        if 0 <= pad < rows:
+            seqs += [[pad, nan_row, other[2]], [pad, pad]]  # padding before a NaN; only padding
+        idx = torch.tensor([i for sq in seqs for i in sq], dtype=torch.int64)
+        return [self._case(spec, "max_nan_inf_padding", w, idx, [len(sq) for sq in seqs], gen)]
 
     # -- numerics / cost -------------------------------------------------------------------------
     def floor_bytes(self, spec: OpSpec) -> int:
@@ -613,16 +799,26 @@ class EmbeddingBagFamily(OpFamily):
             if (template, config) in seen:
                 continue
             seen.add((template, config))
-            cands.append(Candidate(source=TEMPLATES[template][1], config=config, origin="template", template=template))
+            cands.append(Candidate(source=self._templates(spec)[template][1], config=config, origin="template",
+                                   template=template))
         return cands
+
+    @staticmethod
+    def _templates(spec: OpSpec) -> dict[str, tuple[str, str]]:
+        return MAX_TEMPLATES if int(spec.const("mode")) == 2 else TEMPLATES
 
     def call_plan(self, spec: OpSpec, cand: Candidate) -> CallPlan:
         w, idx, off, psw = spec.args
         assert w is not None and idx is not None and off is not None
         v, d, n, b = self._dims(spec)
         cfg = cand.cfg
-        template = cand.template or next(t for t, (_, src) in TEMPLATES.items() if src == cand.source)
-        kernel = TEMPLATES[template][0]
+        templates = self._templates(spec)
+        template = cand.template or next((t for t, (_, src) in templates.items() if src == cand.source), "")
+        if template not in templates:
+            raise ValueError(f"unknown embedding_bag template {template!r}")
+        kernel = templates[template][0]
+        if f"def {kernel}(" not in cand.source:  # e.g. a sum/mean source for a max spec: wrong semantics
+            raise ValueError(f"the candidate source has no kernel {kernel} (mode {spec.const('mode')})")
         bd = int(cfg["BLOCK_D"])
         args: list[tuple[str, Any]] = [
             ("weight_ptr", In(0)),

@@ -25,17 +25,21 @@ ATen semantics pinned here (tests compare against eager on CPU):
   segments our results are *more* accurate than eager's; tests compare with eager only where eager's
   own rounding is within tolerance.
 
-Lengths vs offsets. A call plan launches one kernel and binds only inputs, outputs and constants, so a
-lengths spec cannot first turn lengths into offsets (ATen runs a cumsum kernel for that). Every template
-therefore takes lengths directly and computes the first row of its segments in-kernel: the prefix
-``sum(lengths[:first])`` by a vectorized blocked loop (``BLOCK_R`` lengths per step), then the starts of
-the segments in its tile by ``tl.cumsum``. That costs each program O(first) L2-resident loads, O(S^2)
-in total for one program per segment; ``candidates()`` keeps the total under a budget: per-segment
-programs only for small S, segment tiles for moderate S, and the persistent ``seg_chunk`` template
-(a few hundred programs, each computing its prefix once, O(P*S) total) always. A true O(S) single
-launch (decoupled look-back scan) needs a zeroed scratch buffer that is not an op output, and the
-simplest O(S) plan is two launches (a lengths cumsum into scratch, then the offsets kernel); ``CallPlan``
-has neither today (a ``workspace``/``pre`` extension would add both).
+Lengths vs offsets. The reduction kernels read segment bounds either from offsets or, for lengths,
+from starts they compute themselves. Two ways, both in the candidate space (config ``SCAN``):
+
+* ``SCAN`` 1 / 2 (lengths specs; O(S)): the plan's pre-step(s) write the exclusive prefix sum of the
+  lengths into an int64 workspace ``starts[0..S]`` (``starts[S]`` = total), and the main kernel runs its
+  offsets path on it (``USE_OFFSETS``, stride 1). ``SCAN`` 1 is one program walking the lengths
+  ``SCAN_BLOCK`` at a time with a carried total (one extra launch; latency ~ S / SCAN_BLOCK steps);
+  ``SCAN`` 2 is two parallel launches: per-block sums, then per block the sum of the earlier block sums
+  plus its own ``tl.cumsum`` (``SCAN_BLOCK`` grows with S so the block-sum prefixes stay cheap).
+* no ``SCAN`` key (the original single-launch candidates, and what stored entries have): each program
+  computes ``sum(lengths[:first])`` in-kernel by a vectorized blocked loop (``BLOCK_R`` lengths per
+  step), then its tile's starts by ``tl.cumsum``. That costs each program O(first) L2-resident loads,
+  O(S^2) in total for one program per segment (on the H100 such candidates reached only 0.18-0.59x of
+  Inductor at large S), so ``candidates()`` offers them only for small S and within ``_PREFIX_BUDGET``,
+  where one prefix step per program is cheaper than an extra launch.
 
 Three templates share the reduction helpers: fp32 accumulation, int64 row addressing, masked loads
 reading the reduction's identity, rows clamped to ``[0, N)``. max/min reduce with ``tl.max``/``tl.min``,
@@ -64,7 +68,7 @@ import torch
 
 from ..spec import DeviceSig, OpSpec, TensorSig, software_versions
 from . import register
-from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip
+from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip, Step, Ws
 from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2
 from .util import meta_val, node_kwargs
 from .util import strided as _strided
@@ -74,9 +78,13 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INDEX_DTYPES = (torch.int32, torch.int64)
 REDUCE_CODES = {"sum": 0, "mean": 1, "max": 2, "min": 3, "prod": 4}
 _MAX_TILE = 8192  # fp32 elements of a loaded tile: keeps register pressure sane on sm_90
-# Total lengths loads (elements, summed over programs) a lengths-spec candidate may spend on in-kernel
-# prefixes: 2^24 int32/int64 loads is ~64-128 MB of L2 traffic, ~10-25 us on an H100.
-_PREFIX_BUDGET = 1 << 24
+# Total lengths loads (elements, summed over programs) an in-kernel-prefix candidate may spend: 2^20
+# int32/int64 loads is ~4-8 MB of L2 traffic, ~1-2 us on an H100, about one extra launch (the scan).
+_PREFIX_BUDGET = 1 << 20
+_PREFIX_MAX_S = 4096  # in-kernel prefixes beyond this are a serial chain of BLOCK_R steps per program
+_PREFIX_FIRST_S = 1024  # up to one BLOCK_R step per program: the in-kernel prefix is the default
+_SCAN_MAX_BLOCK = 4096  # widest single-program scan step
+_SCAN2_MAX_BLOCKS = 2048  # two-level scan: block-sum prefixes stay <= 2 vector steps per program
 _CHUNK_PROGRAMS = (132, 264, 528, 1056)  # persistent grid sizes (H100 SXM has 132 SMs)
 _MAX_GRID_Y = 65535
 
@@ -344,12 +352,66 @@ def segment_reduce_seg_chunk(''' + _SIGNATURE + '''
         )
 '''
 
+_SCAN = '''
+
+@triton.jit
+def segment_reduce_lengths_scan(len_ptr, starts_ptr, num_segs, stride_seg, BLOCK: tl.constexpr):
+    \"\"\"starts[0..S] = exclusive prefix sums of lengths (starts[S] = their total), int64.
+
+    One program, BLOCK lengths per step, the running total carried from step to step.
+    \"\"\"
+    r = tl.arange(0, BLOCK)
+    carry = tl.program_id(0).to(tl.int64) * 0
+    for s0 in range(0, num_segs, BLOCK):
+        ss = (s0 + r).to(tl.int64)
+        m = ss < num_segs
+        x = tl.load(len_ptr + ss * stride_seg, mask=m, other=0).to(tl.int64)
+        tl.store(starts_ptr + ss + 1, carry + tl.cumsum(x, axis=0), mask=m)
+        carry += tl.sum(x, axis=0)
+    tl.store(starts_ptr, carry * 0)
+
+
+@triton.jit
+def segment_reduce_lengths_block_sums(len_ptr, sums_ptr, num_segs, stride_seg, BLOCK: tl.constexpr):
+    \"\"\"Two-level scan, step 1: sums[b] = total of the lengths in block b (BLOCK per program).\"\"\"
+    b = tl.program_id(0)
+    ss = b.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(len_ptr + ss * stride_seg, mask=ss < num_segs, other=0).to(tl.int64)
+    tl.store(sums_ptr + b, tl.sum(x, axis=0))
+
+
+@triton.jit
+def segment_reduce_lengths_block_scan(len_ptr, sums_ptr, starts_ptr, num_segs, stride_seg,
+                                      BLOCK: tl.constexpr, BLOCK_B: tl.constexpr):
+    \"\"\"Two-level scan, step 2: block b's starts = sum(sums[:b]) (BLOCK_B per step) + its own
+    inclusive cumsum, written one slot ahead; starts[0] = 0 by the lane holding segment 0.\"\"\"
+    b = tl.program_id(0)
+    rb = tl.arange(0, BLOCK_B)
+    acc = tl.zeros([BLOCK_B], dtype=tl.int64)
+    for b0 in range(0, b, BLOCK_B):
+        bb = b0 + rb
+        acc += tl.load(sums_ptr + bb, mask=bb < b, other=0)
+    carry = tl.sum(acc, axis=0)
+    ss = b.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = ss < num_segs
+    x = tl.load(len_ptr + ss * stride_seg, mask=m, other=0).to(tl.int64)
+    tl.store(starts_ptr + ss + 1, carry + tl.cumsum(x, axis=0), mask=m)
+    tl.store(starts_ptr + ss * 0, x * 0, mask=ss == 0)
+'''
+SCAN_KERNELS = {
+    1: ("segment_reduce_lengths_scan",),
+    2: ("segment_reduce_lengths_block_sums", "segment_reduce_lengths_block_scan"),
+}
+
 TEMPLATES: dict[str, tuple[str, str]] = {
     # template name -> (kernel name, source)
     "seg_per_program": ("segment_reduce_seg_per_program", SEG_PER_PROGRAM_SOURCE),
     "seg_tile": ("segment_reduce_seg_tile", SEG_TILE_SOURCE),
     "seg_chunk": ("segment_reduce_seg_chunk", SEG_CHUNK_SOURCE),
 }
+# The same templates with the lengths-scan kernels appended: the sources of ``SCAN`` candidates (one
+# module holds every kernel of a plan). The plain sources stay byte-identical for stored entries.
+SCAN_SOURCES: dict[str, str] = {t: src + _SCAN for t, (_, src) in TEMPLATES.items()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -692,13 +754,69 @@ class SegmentReduceFamily(OpFamily):
         return max(1, min(8, _next_pow2(max(tile // 1024, 1))))
 
     def candidates(self, spec: OpSpec) -> list[Candidate]:
-        """Template x tile proposals, a segment-length-aware default first, ~15-30.
+        """Template x tile proposals, a segment-length-aware default first, ~15-35.
 
-        Lengths specs only get templates whose in-kernel prefix cost fits ``_PREFIX_BUDGET``
-        (``seg_chunk`` always: its cost is P*S, the least a single launch can do).
+        Offsets specs: the tile space. Lengths specs: the same space on scanned starts (``SCAN``),
+        plus in-kernel-prefix candidates where they are cheap (small S, within ``_PREFIX_BUDGET``);
+        those come first when S fits one prefix step per program, the scan defaults otherwise.
         """
+        if spec.const("use_offsets"):
+            return self._realize(self._space(spec, bounded=False))
         n, d, s = self._dims(spec)
-        use_off = bool(spec.const("use_offsets"))
+        kind = 1 if s <= 8 * _SCAN_MAX_BLOCK else 2  # <= 8 serial steps for the one-program scan
+        space = self._space(spec, bounded=False)
+        on_scan = self._realize(space, kind, self._scan_block(kind, s))
+        other_kind = self._realize(space[:1], 3 - kind, self._scan_block(3 - kind, s))
+        prefix: list[Candidate] = []
+        if s <= _PREFIX_MAX_S:
+            prefix = [c for c in self._realize(self._space(spec, bounded=True))
+                      if self._prefix_loads(spec, c) <= _PREFIX_BUDGET]
+        if prefix and s <= _PREFIX_FIRST_S:
+            heads: dict[str, Candidate] = {}
+            for c in prefix:
+                heads.setdefault(c.template, c)  # each template's in-kernel-prefix default
+            order = [*heads.values(), *on_scan[:1], *other_kind, *prefix, *on_scan]
+        else:
+            order = [*on_scan[:1], *other_kind, *on_scan, *prefix]
+        return list(dict.fromkeys(order))[:35]
+
+    @staticmethod
+    def _scan_block(kind: int, s: int) -> int:
+        """Lengths per scan step: the one-program scan covers S in few steps; the two-level scan keeps
+        its block count (the block-sum prefix each program sums) <= _SCAN2_MAX_BLOCKS."""
+        if kind == 1:
+            return min(max(_next_pow2(max(s, 1)), 64), _SCAN_MAX_BLOCK)
+        return min(max(_next_pow2(_cdiv(max(s, 1), _SCAN2_MAX_BLOCKS)), 1024), 8192)
+
+    @staticmethod
+    def _realize(space: list[tuple[str, dict[str, Any]]], scan: int = 0, scan_block: int = 0) -> list[Candidate]:
+        """Candidates from (template, config) pairs, deduplicated. ``scan``: 0 the plain sources, else
+        that scan kind and block added to the config (BLOCK_R, the in-kernel prefix step, dropped)."""
+        seen: set = set()
+        cands: list[Candidate] = []
+        for template, cfg in space:
+            if scan:
+                cfg = {k: v for k, v in cfg.items() if k != "BLOCK_R"}
+                cfg.update(SCAN=scan, SCAN_BLOCK=scan_block)
+            config = tuple(sorted(cfg.items()))
+            if (template, config) in seen:
+                continue
+            seen.add((template, config))
+            src = SCAN_SOURCES[template] if scan else TEMPLATES[template][1]
+            cands.append(Candidate(source=src, config=config, origin="template", template=template))
+        return cands
+
+    def _prefix_loads(self, spec: OpSpec, cand: Candidate) -> float:
+        """Lengths loads an in-kernel-prefix candidate spends on prefixes (summed over programs)."""
+        plan = self.call_plan(spec, cand)
+        _, _, s = self._dims(spec)
+        return plan.grid[0] * plan.grid[1] * s / 2
+
+    def _space(self, spec: OpSpec, bounded: bool) -> list[tuple[str, dict[str, Any]]]:
+        """The (template, config) proposals, preferred first. ``bounded``: lengths read by in-kernel
+        prefixes, so only shapes whose prefix cost fits ``_PREFIX_BUDGET`` (``seg_chunk`` always)."""
+        n, d, s = self._dims(spec)
+        use_off = not bounded
         avg = n / max(s, 1)
         bd_max = min(_next_pow2(max(d, 1)), 256)
         bd0 = min(bd_max, 128)
@@ -797,50 +915,47 @@ class SegmentReduceFamily(OpFamily):
                 chunk(bd0, bs0, bn_t, progs_opts[1], nw=nwc * 2 if nwc < 8 else None)
             chunk(bd0, bs0, bn_t, p0, stages=3)
             chunk(bd0, bs0, bn_t, p0, r=4 * br)  # wider prefix steps: fewer, larger loads
-
-        seen: set = set()
-        cands: list[Candidate] = []
-        for template, cfg in out:
-            config = tuple(sorted(cfg.items()))
-            if (template, config) in seen:
-                continue
-            seen.add((template, config))
-            cands.append(Candidate(source=TEMPLATES[template][1], config=config, origin="template", template=template))
-        return cands
+        return out
 
     def call_plan(self, spec: OpSpec, cand: Candidate) -> CallPlan:
         data, segs = spec.args
         assert data is not None and segs is not None
         n, d, s = self._dims(spec)
         cfg = cand.cfg
-        template = cand.template or next(t for t, (_, src) in TEMPLATES.items() if src == cand.source)
+        template = cand.template or next(
+            (t for t, (_, src) in TEMPLATES.items() if cand.source in (src, SCAN_SOURCES[t])), "")
+        if template not in TEMPLATES:
+            raise ValueError(f"unknown segment_reduce template {template!r}")
         kernel = TEMPLATES[template][0]
-        bd, br = int(cfg["BLOCK_D"]), int(cfg["BLOCK_R"])
         for k, v in cfg.items():
             if k.startswith("BLOCK_") and (int(v) < 1 or int(v) & (int(v) - 1)):
                 raise ValueError(f"{k}={v} is not a power of two")
+        bd, br = int(cfg["BLOCK_D"]), int(cfg.get("BLOCK_R", 1024))
         nd = _cdiv(max(d, 1), bd) if d > 0 else 0
         if nd > _MAX_GRID_Y:
             raise ValueError(f"BLOCK_D={bd} needs {nd} programs along D (> {_MAX_GRID_Y})")
+        use_off = bool(spec.const("use_offsets"))
+        scan = int(cfg.get("SCAN", 0))
+        pre, workspace = self._scan_steps(spec, cand, scan)
         init = spec.const("initial")
         init_inf = 0 if init is None or math.isfinite(init) else (1 if init > 0 else -1)
         args: list[tuple[str, Any]] = [
             ("data_ptr", In(0)),
-            ("seg_ptr", In(1)),
+            ("seg_ptr", Ws(0) if scan else In(1)),  # scanned: the starts workspace, read as offsets
             ("out_ptr", Out(0)),
             ("num_rows", n),
             ("num_segs", s),
             ("dim", d),
             ("stride_row", data.stride[0] if n > 1 else d),
-            ("stride_seg", segs.stride[0] if segs.shape[0] > 1 else 1),
+            ("stride_seg", 1 if scan else segs.stride[0] if segs.shape[0] > 1 else 1),
             ("stride_out", d),
             # Non-finite initials travel as INIT_INF: no inf literal reaches generated wrapper code.
             ("initial", float(init) if init is not None and init_inf == 0 else 0.0),
             ("REDUCE", REDUCE_CODES[str(spec.const("reduce"))]),
-            ("USE_OFFSETS", bool(spec.const("use_offsets"))),
+            ("USE_OFFSETS", use_off or scan > 0),
             ("HAS_INITIAL", init is not None),
             ("INIT_INF", init_inf),
-            ("PREFIX_I64", n >= 2**31 - 1),
+            ("PREFIX_I64", not scan and n >= 2**31 - 1),
             ("BLOCK_R", br),
             ("BLOCK_D", bd),
         ]
@@ -851,15 +966,13 @@ class SegmentReduceFamily(OpFamily):
             bs = int(cfg["BLOCK_S"])
             args += [("BLOCK_S", bs), ("BLOCK_N", int(cfg["BLOCK_N"]))]
             grid = (_cdiv(s, bs), nd)
-        elif template == "seg_chunk":
+        else:  # seg_chunk
             bs, progs = int(cfg["BLOCK_S"]), int(cfg["PROGRAMS"])
             if progs < 1:
                 raise ValueError(f"PROGRAMS={progs} < 1")
             per = _cdiv(_cdiv(s, progs), bs) * bs  # whole tiles per program
             args += [("segs_per_prog", per), ("BLOCK_S", bs), ("BLOCK_N", int(cfg["BLOCK_N"]))]
             grid = (_cdiv(s, per), nd)
-        else:
-            raise ValueError(f"unknown segment_reduce template {template!r}")
         return CallPlan(
             kernel=kernel,
             grid=grid,
@@ -867,7 +980,44 @@ class SegmentReduceFamily(OpFamily):
             outputs=(OutBuf((s,) + tuple(data.shape[1:]), data.dtype, fill=None),),
             num_warps=int(cfg.get("num_warps", 4)),
             num_stages=int(cfg.get("num_stages", 2)),
+            pre=pre,
+            workspace=workspace,
         )
+
+    def _scan_steps(self, spec: OpSpec, cand: Candidate, scan: int) -> tuple[tuple[Step, ...], tuple[OutBuf, ...]]:
+        """The pre-steps writing ``starts`` (workspace 0, S+1 int64) for ``SCAN`` candidates; none for 0."""
+        if scan == 0:
+            return (), ()
+        segs = spec.args[1]
+        assert segs is not None
+        if spec.const("use_offsets"):
+            raise ValueError("SCAN applies to lengths specs only")
+        if scan not in SCAN_KERNELS:
+            raise ValueError(f"SCAN={scan} is not a scan kind ({sorted(SCAN_KERNELS)})")
+        missing = [k for k in SCAN_KERNELS[scan] if f"def {k}(" not in cand.source]
+        if missing:
+            raise ValueError(f"SCAN={scan} needs kernel(s) {missing} in the candidate source")
+        _, _, s = self._dims(spec)
+        blk = int(cand.cfg.get("SCAN_BLOCK", 0))
+        if blk < 16 or blk & (blk - 1) or blk > 8192:
+            raise ValueError(f"SCAN_BLOCK={blk} is not a power of two in [16, 8192]")
+        stride = segs.stride[0] if segs.shape[0] > 1 else 1
+        starts = OutBuf((s + 1,), "int64")
+        warps = 8 if blk >= 2048 else 4
+        if scan == 1:
+            step = Step(SCAN_KERNELS[1][0], (1,), (
+                ("len_ptr", In(1)), ("starts_ptr", Ws(0)), ("num_segs", s), ("stride_seg", stride), ("BLOCK", blk),
+            ), num_warps=warps, num_stages=3)
+            return (step,), (starts,)
+        nblk = max(1, _cdiv(s, blk))  # >= 1 program: block 0 writes starts[0] even for S = 0
+        sums = Step(SCAN_KERNELS[2][0], (nblk,), (
+            ("len_ptr", In(1)), ("sums_ptr", Ws(1)), ("num_segs", s), ("stride_seg", stride), ("BLOCK", blk),
+        ), num_warps=warps, num_stages=2)
+        scan_b = Step(SCAN_KERNELS[2][1], (nblk,), (
+            ("len_ptr", In(1)), ("sums_ptr", Ws(1)), ("starts_ptr", Ws(0)), ("num_segs", s), ("stride_seg", stride),
+            ("BLOCK", blk), ("BLOCK_B", min(max(_next_pow2(nblk), 16), 1024)),
+        ), num_warps=warps, num_stages=2)
+        return (sums, scan_b), (starts, OutBuf((nblk,), "int64"))
 
 
 register(SegmentReduceFamily())

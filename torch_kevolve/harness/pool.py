@@ -32,6 +32,7 @@ from multiprocessing.connection import wait
 from typing import Any, Sequence
 
 from ..search.evaluate import ScoredResult
+from .gate import ENV as GATE_ENV
 from .worker import Job, JobResult, WorkerConfig, failed, worker_main
 
 log = logging.getLogger("torch_kevolve")
@@ -85,6 +86,12 @@ def _visible_device(gpu: int) -> str:
     return toks[gpu]
 
 
+def auto_workers_per_gpu(n_gpus: int) -> int:
+    """Workers per GPU when not told: enough to keep compiles overlapping (a compile takes one core),
+    at most 4, and two cores per worker so verification's host work doesn't starve."""
+    return max(1, min(4, (os.cpu_count() or 1) // (2 * max(1, n_gpus))))
+
+
 @dataclass
 class _Worker:
     slot: int
@@ -101,7 +108,9 @@ class LocalPool:
 
     ``gpus``: GPU indices (as the parent sees them); worker ``i`` is pinned to ``gpus[i % len]`` via
     ``CUDA_VISIBLE_DEVICES``; None: every visible GPU, ``[]``: none. ``workers`` defaults to
-    ``len(gpus)``, else ``min(cpus, 8)``. ``interpret``: run Triton's interpreter (CPU specs); None:
+    ``len(gpus) * workers_per_gpu``, else ``min(cpus, 8)``. ``workers_per_gpu`` (0: auto, up to 4 as
+    the CPU cores allow): workers sharing a GPU overlap their compiles and verifications and take
+    turns to time, through a :class:`~torch_kevolve.harness.gate.GpuGate` per GPU. ``interpret``: run Triton's interpreter (CPU specs); None:
     when this process has ``TRITON_INTERPRET=1`` or there is no GPU. It is fixed per pool because triton's own ``@jit`` helpers (``tl.sum``'s
     combine function...) read ``TRITON_INTERPRET`` once, when triton is imported.
     ``timeout_s`` bounds one job's evaluation (worker start-up and imports are not counted; they are
@@ -117,12 +126,15 @@ class LocalPool:
         start_timeout_s: float = 300.0,
         threads_per_worker: int | None = None,
         interpret: bool | None = None,
+        workers_per_gpu: int = 0,
     ) -> None:
         self.gpus = list(_visible_gpus() if gpus is None else gpus)
         if interpret is None:
             interpret = os.environ.get("TRITON_INTERPRET") == "1" or not self.gpus
         self.interpret = bool(interpret)
-        n = workers if workers is not None else (len(self.gpus) or max(1, min(os.cpu_count() or 1, 8)))
+        if self.gpus and not workers_per_gpu:
+            workers_per_gpu = int(os.environ.get("KEVOLVE_WORKERS_PER_GPU") or 0) or auto_workers_per_gpu(len(self.gpus))
+        n = workers if workers is not None else (len(self.gpus) * workers_per_gpu or max(1, min(os.cpu_count() or 1, 8)))
         if n < 1:
             raise ValueError(f"workers must be >= 1, got {n}")
         self.n = n
@@ -132,6 +144,7 @@ class LocalPool:
         self.threads = threads_per_worker or max(1, (os.cpu_count() or 1) // n)
         self._ctx = get_context("spawn")
         self._tmp = tempfile.mkdtemp(prefix="kevolve_pool_")
+        self.worker_env: dict[int, dict[str, str]] = {}  # what each slot's worker was started with
         self._closed = False
         self._lock = threading.Lock()  # one map at a time: workers hold one job each
         self._start_failures = 0
@@ -144,7 +157,11 @@ class LocalPool:
         os.makedirs(cache, exist_ok=True)
         env = {"TRITON_CACHE_DIR": cache, "TRITON_INTERPRET": "1" if self.interpret else "0"}
         if self.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = _visible_device(self.gpus[slot % len(self.gpus)])
+            gpu = self.gpus[slot % len(self.gpus)]
+            env["CUDA_VISIBLE_DEVICES"] = _visible_device(gpu)
+            if self.n > len(self.gpus):  # workers share this GPU: time one at a time
+                env[GATE_ENV] = os.path.join(self._tmp, f"gpu{gpu}.gate")
+        self.worker_env[slot] = dict(env)
         cfg = WorkerConfig(slot=slot, parent_pid=os.getpid(), threads=self.threads, triton_cache_dir=cache,
                            interpret=self.interpret, env=tuple(env.items()))
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)

@@ -55,6 +55,7 @@ class Job:
     seed_base: int = 0
     timer: str = "default"  # "default": do_bench on GPU / wall clock on CPU; "none": verify only
     job_id: str = ""
+    baseline: str = ""  # "eager" | "inductor": time the baseline instead of a candidate (no source)
 
     @staticmethod
     def of(
@@ -83,6 +84,15 @@ class Job:
 
     def label(self) -> str:
         return self.job_id or f"{self.family}:{self.template or '?'}:{dict(self.config)}"
+
+
+def baseline_job(family: "OpFamily | str", spec: "OpSpec", kind: str, seeds: int = 3, seed_base: int = 0,
+                 timer: str = "default") -> Job:
+    """A job that times the baseline (``"eager"`` or ``"inductor"``) in a worker: the same process,
+    timer and inputs as the candidates it is compared with."""
+    name = family if isinstance(family, str) else family.name
+    return Job(family=name, spec_json=spec.to_json(), source="", config=(), origin="baseline", template=kind,
+               seeds=seeds, seed_base=seed_base, timer=timer, job_id=f"baseline:{kind}", baseline=kind)
 
 
 def make_jobs(
@@ -225,6 +235,15 @@ def run_job(job: Job, cache: EvaluatorCache | None = None, timer: "Timer | None"
         return JobResult(job.job_id, ok, time_ms, asdict(diag), evidence or {}, os.getpid(), time.monotonic() - t0,
                          restart=is_sticky_cuda_error(diag.error))
 
+    if job.baseline:
+        cache = cache if cache is not None else EvaluatorCache(1)
+        try:
+            ms = cache.get(job, timer).baseline_ms(job.baseline)
+        except Exception:  # noqa: BLE001
+            return result(False, None, Diagnostics("harness", traceback.format_exc(limit=6)))
+        if ms is None:
+            return result(False, None, Diagnostics("time", f"the {job.baseline} baseline could not be timed"))
+        return result(True, ms, Diagnostics("ok"), {"baseline": job.baseline})
     report = check_source(job.source)
     if not report.ok:
         return result(False, None, Diagnostics("static", "static check rejected the source: " + "; ".join(report.problems)),
@@ -415,6 +434,6 @@ def worker_main(conn: "Connection", cfg: WorkerConfig) -> None:
 
 
 __all__ = [
-    "Job", "JobResult", "make_jobs", "failed", "run_job", "EvaluatorCache", "is_sticky_cuda_error",
+    "Job", "JobResult", "baseline_job", "make_jobs", "failed", "run_job", "EvaluatorCache", "is_sticky_cuda_error",
     "prepare_job_env", "use_triton_cache", "mode_mismatch", "triton_interpreting", "die_with_parent", "ray_task", "worker_main", "WorkerConfig", "TIMERS",
 ]

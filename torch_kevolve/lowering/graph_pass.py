@@ -15,7 +15,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from .. import queue, stats
 from ..config import Settings
-from ..detect import Finding, detect
+from ..detect import CONTESTED, Finding, detect
 from ..families import get_family
 from ..families.base import Match
 from ..log import warn_once
@@ -61,16 +61,21 @@ class KevolvePass(CustomGraphPass):
             self.user_pass(graph)
         if self.settings.mode == "off":
             return
-        findings = detect(graph)
+        findings = detect(graph, self.settings.contest)
         REPORTS.append(findings)
         del REPORTS[:-32]
         changed = False
         for f in findings:
             if f.match is None:
-                f.decision = "Inductor (ATen fallback)"
+                f.decision = "Inductor (its lowering)" if f.reason == CONTESTED else "Inductor (ATen fallback)"
                 continue
             try:
                 entry = self._resolve(f, f.match.spec)
+                if entry is not None and (entry.meta.get("verify") or {}).get("ok") is False:
+                    # `kevolve cache verify` found it wrong on this device: never serve it
+                    f.decision = "Inductor (stored kernel failed `kevolve cache verify`)"
+                    stats.bump("failed_verify_skipped")
+                    entry = None
                 if entry is not None and entry.meta.get("use") is False:
                     sp = entry.meta.get("speedup")
                     f.decision = f"Inductor (best kernel found is slower: {sp:.2f}x)" if sp else "Inductor (stored kernel not faster)"
@@ -122,7 +127,7 @@ class KevolvePass(CustomGraphPass):
                 warn_once("kevolve: the searched kernel for %s could not be stored; it is used in this process only", spec.key)
             sp = outcome.speedup
             timed = sp and spec.device.type == "cuda"  # interpreter timings say nothing about speed
-            f.decision = f"searched now ({len(outcome.results)} candidates" + (f", {sp:.2f}x vs eager)" if timed else ")")
+            f.decision = f"searched now ({len(outcome.results)} candidates" + (f", {sp:.2f}x vs {outcome.baseline_kind})" if timed else ")")
             return entry
 
     def _route(self, spec: OpSpec) -> str:

@@ -134,6 +134,22 @@ def kernel_resources(module: Any, kernel: str) -> dict:
     return out
 
 
+def plan_resources(module: Any, plan: Any) -> dict:
+    """kernel_resources for a plan: its main kernel's alone, or for a multi-kernel plan the max of
+    each figure over its kernels (what limits occupancy somewhere) plus ``kernels`` per name."""
+    names = getattr(plan, "kernels", None) or (plan.kernel,)
+    if len(names) == 1:
+        return kernel_resources(module, names[0])
+    per = {k: kernel_resources(module, k) for k in names}
+    out: dict = {}
+    for res in per.values():
+        for key, v in res.items():
+            out[key] = max(out.get(key, v), v)
+    if out:
+        out["kernels"] = per
+    return out
+
+
 class Evaluator:
     """Evaluates candidates for one spec. The timer is injected (tests pass a cost model)."""
 
@@ -148,6 +164,7 @@ class Evaluator:
         edge_cases: bool = True,
         fresh_seeds: int = 1,
         floor_bw: float | None = None,
+        gate: Any = None,
     ) -> None:
         self.family = family
         self.spec = spec
@@ -165,6 +182,14 @@ class Evaluator:
 
             floor_bw = copy_bandwidth(self.device)
         self.floor_bw = floor_bw  # bytes/s of a device copy: turns times into % of floor
+        if gate is None:
+            from ..harness.gate import process_gate  # workers sharing a GPU: time alone, verify together
+
+            gate = process_gate() if self.device.type == "cuda" else None
+        from ..harness.gate import NullGate
+
+        self.gate = gate or NullGate()
+        self._baselines: dict[str, float | None] = {}
 
     def cases(self) -> list[tuple[str, OpSpec, list]]:
         if self._cases is None:
@@ -223,35 +248,45 @@ class Evaluator:
             module = load_module(cand.source, interpret=needs_interpreter(self.device))
         except Exception:  # noqa: BLE001
             return ScoredResult(cand, False, None, Diagnostics("compile", traceback.format_exc(limit=3)))
-        diag = self.verify(cand, module, extra=self._fresh_cases())
+        t0 = time.monotonic()
+        with self.gate.shared() as waited_v:  # compiles (first launches) and checks overlap other workers'
+            diag = self.verify(cand, module, extra=self._fresh_cases())
+        verify_s = time.monotonic() - t0 - waited_v
         if diag.stage != "ok":
+            diag.profile["stage_s"] = {"verify": verify_s, "gate_wait": waited_v}
             return ScoredResult(cand, False, None, diag)
         try:
             plan = self.family.call_plan(self.spec, cand)
             inputs = self.cases()[0][2]
-            outs = launch(module, plan, inputs, device=self.device)
-            ms = self.timer(lambda: launch(module, plan, inputs, device=self.device, outs=outs))
+            with self.gate.exclusive() as waited_t:  # ...but a timing has the GPU to itself
+                t1 = time.monotonic()
+                outs = launch(module, plan, inputs, device=self.device)
+                ms = self.timer(lambda: launch(module, plan, inputs, device=self.device, outs=outs))
+                time_s = time.monotonic() - t1
         except Exception as e:  # noqa: BLE001
             return ScoredResult(cand, False, None, Diagnostics("time", f"{type(e).__name__}: {e}"))
         diag.profile = self.profile(module, plan, ms)
+        # where the evaluation's time went (compile is inside verify: the first launches compile)
+        diag.profile["stage_s"] = {"verify": verify_s, "time": time_s, "gate_wait": waited_v + waited_t}
         ev = {"cases": [c[0] for c in self.cases()], "seeds": self.seeds, "fresh_seeds": self.fresh_seeds}
         return ScoredResult(cand, True, ms, diag, ev)
 
     def profile(self, module: Any, plan: Any, ms: float | None) -> dict:
-        """Resource use of the compiled kernel and achieved bandwidth against the floor."""
-        prof: dict = dict(kernel_resources(module, plan.kernel))
+        """Resource use of the compiled kernel; achieved bytes/s and FLOP/s against the device's
+        measured ceilings; the floor and whether the op is memory- or compute-bound."""
+        from ..hardware import matmul_rate, roofline
+
+        prof: dict = dict(plan_resources(module, plan))
         try:
             nbytes = self.family.floor_bytes(self.spec)
         except NotImplementedError:
             return prof
-        prof["bytes_moved"] = nbytes
-        if ms:
-            prof["achieved_GBps"] = nbytes / (ms * 1e-3) / 1e9
-            if self.floor_bw:
-                floor_ms = nbytes / self.floor_bw * 1e3
-                prof["floor_ms"] = floor_ms
-                prof["pct_of_floor"] = 100.0 * floor_ms / ms
-                prof["bound"] = "memory"  # every Foundation family is a gather/reduce; compute-bound ops report FLOP/s later
+        flops = self.family.floor_flops(self.spec)
+        rate = None
+        if flops and self.device.type == "cuda":
+            first = next((a for a in self.spec.args if a is not None), None)
+            rate = matmul_rate(self.device, first.torch_dtype if first is not None else torch.bfloat16)
+        prof.update(roofline(nbytes, flops, ms, self.floor_bw, rate))
         return prof
 
     def reverify(self, cand: Candidate, seeds: int) -> Diagnostics:
@@ -259,14 +294,47 @@ class Evaluator:
         module = load_module(cand.source, interpret=needs_interpreter(self.device))
         saved, self.fresh_seeds = self.fresh_seeds, seeds
         try:
-            return self.verify(cand, module, extra=self._fresh_cases())
+            with self.gate.shared():
+                return self.verify(cand, module, extra=self._fresh_cases())
         finally:
             self.fresh_seeds = saved
 
-    def baseline_ms(self) -> float | None:
-        """Eager on the same inputs (for a fallback op, Inductor's lowering is the same ATen call)."""
+    def baseline_fn(self, kind: str = "eager") -> Callable[[], Any]:
+        """The baseline as a thunk over the first case's inputs. ``"eager"``: the ATen op (for a
+        fallback op that is also what Inductor runs); ``"inductor"``: the op compiled alone by
+        Inductor (for a contested op Inductor lowers: its kernel is what kevolve must beat)."""
+        inputs = self.cases()[0][2]
+        if kind == "eager":
+            return lambda: self.family.eager(self.spec, inputs)
+        if kind != "inductor":
+            raise ValueError(f"unknown baseline {kind!r}; expected 'eager' or 'inductor'")
+        family, spec = self.family, self.spec
+        present = [i for i, t in enumerate(inputs) if t is not None]
+
+        def op(*ts: torch.Tensor) -> Any:
+            full: list = [None] * len(inputs)
+            for i, t in zip(present, ts):
+                full[i] = t
+            return family.eager(spec, full)
+
+        compiled = torch.compile(op, backend="inductor", fullgraph=True, dynamic=False)
+        args = [inputs[i] for i in present]
+        compiled(*args)  # compile outside the timer
+        return lambda: compiled(*args)
+
+    def baseline_ms(self, kind: str = "eager") -> float | None:
+        """The baseline's time on the same inputs, measured with the same timer (None if it fails)."""
+        if kind in self._baselines:
+            return self._baselines[kind]
+        ms = None
         try:
-            inputs = self.cases()[0][2]
-            return self.timer(lambda: self.family.eager(self.spec, inputs))
-        except Exception:  # noqa: BLE001
-            return None
+            fn = self.baseline_fn(kind)
+            with self.gate.exclusive():
+                ms = self.timer(fn)
+        except Exception as e:  # noqa: BLE001 - no baseline: the search still ranks candidates
+            import logging
+
+            logging.getLogger("torch_kevolve").warning("kevolve: %s baseline for %s failed: %s: %s", kind,
+                                                       self.spec.describe(), type(e).__name__, e)
+        self._baselines[kind] = ms
+        return ms

@@ -102,6 +102,7 @@ class SearchOutcome:
     strategy: str = ""
     stop_reason: str = ""
     node_ids: list[int] = field(default_factory=list)  # tree node of results[i]
+    baseline_kind: str = "eager"  # what baseline_ms measured: "eager" or "inductor"
 
     @property
     def speedup(self) -> float | None:

@@ -76,7 +76,7 @@ def exhaustive_search(
 _EXECUTORS: dict[tuple[str, str], Any] = {}
 
 
-def shared_executor(name: str, device_type: str, timeout_s: float) -> Any:
+def shared_executor(name: str, device_type: str, timeout_s: float, workers_per_gpu: int = 0) -> Any:
     """One executor per (kind, device type) per process: worker start-up (spawn + import torch +
     CUDA init) costs seconds, so workers live across searches and die with the process."""
     import atexit
@@ -88,6 +88,8 @@ def shared_executor(name: str, device_type: str, timeout_s: float) -> Any:
         kw: dict[str, Any] = {"timeout_s": timeout_s}
         if name == "local" and device_type != "cuda":
             kw["gpus"] = []
+        elif name == "local" and workers_per_gpu:
+            kw["workers_per_gpu"] = workers_per_gpu
         _EXECUTORS[key] = make_executor(name, **kw)
         atexit.register(_EXECUTORS[key].close)
     return _EXECUTORS[key]
@@ -97,12 +99,31 @@ def harness_batch(family: OpFamily, spec: OpSpec, settings: "Settings") -> "Eval
     """Evaluate batches in the isolated harness (static check, worker processes, time limit)."""
     from ..harness.worker import make_jobs
 
-    executor = shared_executor(settings.executor, spec.device.type, settings.eval_timeout_s)
+    executor = shared_executor(settings.executor, spec.device.type, settings.eval_timeout_s, settings.workers_per_gpu)
 
     def run(cands: list) -> list[ScoredResult]:
         return list(executor.map(make_jobs(family, spec, cands, seeds=settings.seeds)))
 
     return run
+
+
+def baseline_kind(family: OpFamily, spec: OpSpec) -> str:
+    """What a kernel for ``spec`` must beat: Inductor's own kernel where Inductor lowers the op (on
+    CUDA; elsewhere timings are the interpreter's and mean nothing), else the ATen call Inductor
+    falls back to, i.e. eager."""
+    return "inductor" if spec.op in family.lowered_ops and spec.device.type == "cuda" else "eager"
+
+
+def harness_baseline(family: OpFamily, spec: OpSpec, settings: "Settings", kind: str) -> float | None:
+    """The baseline timed in a harness worker, like the candidates (same process kind and timer)."""
+    from ..harness.worker import baseline_job
+
+    executor = shared_executor(settings.executor, spec.device.type, settings.eval_timeout_s, settings.workers_per_gpu)
+    (res,) = executor.map([baseline_job(family, spec, kind, seeds=settings.seeds)])
+    if not res.ok:
+        log.warning("kevolve: %s baseline for %s failed in the harness: %s", kind, spec.describe(), res.diagnostics.summary())
+        return None
+    return res.time_ms
 
 
 def search_spec(
@@ -132,16 +153,21 @@ def search_spec(
 
         bw = copy_bandwidth(device)
     evaluator = Evaluator(family, spec, device=device, timer=timer, seeds=settings.seeds, floor_bw=bw)
+    kind = baseline_kind(family, spec)
+    in_process = timer is not None or settings.executor == "inprocess"
     if evaluate_batch is None:
         # Injected timers (tests, cost models) only exist in this process; otherwise the harness judges.
-        evaluate_batch = sequential_batch(evaluator) if timer is not None or settings.executor == "inprocess" \
-            else harness_batch(family, spec, settings)
+        evaluate_batch = sequential_batch(evaluator) if in_process else harness_batch(family, spec, settings)
+        baseline = evaluator.baseline_ms(kind) if in_process else harness_baseline(family, spec, settings, kind)
+    else:
+        baseline = evaluator.baseline_ms(kind)
     strategy = get_strategy(settings.search)
     budget = settings_budget(settings, on_cpu)
     outcome = strategy(
         family, spec, synth or TemplateSynthesizer(), evaluate_batch, budget, settings.search_seed,
-        baseline_ms=evaluator.baseline_ms(),  # before the search: MCTS rewards are speedups over it
+        baseline_ms=baseline,  # before the search: MCTS rewards are speedups over it
     )
+    outcome.baseline_kind = kind
     outcome = finalize(outcome, evaluate_batch, reverify=evaluator.reverify,
                        reverify_seeds=4 * max(1, len(evaluator.seeds)))
     log.info(
@@ -157,7 +183,8 @@ def search_spec(
     meta = {
         "time_ms": best.time_ms,
         "baseline_ms": outcome.baseline_ms,
-        "baseline": "eager (Inductor falls back to the same ATen kernel)",
+        "baseline": "Inductor's kernel for the op" if kind == "inductor" else "eager (Inductor falls back to the same ATen kernel)",
+        "baseline_kind": kind,
         "speedup": outcome.speedup,
         "floor_ms": floor_ms,
         "pct_of_floor": None if floor_ms is None or not best.time_ms else 100.0 * floor_ms / best.time_ms,
