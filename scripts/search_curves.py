@@ -100,6 +100,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(tempfile.mkdtemp(prefix="kevolve-curves-"))
     os.environ["KEVOLVE_CACHE_DIR"] = str(cache_dir)
+    os.environ["KEVOLVE_SHIPPED_DIR"] = str(cache_dir / "no-shipped")  # a shipped hit would queue nothing
     import torch_kevolve  # noqa: F401  (first: it picks the interpreter when there is no GPU)
     import triton
     from torch_kevolve.families import get_family

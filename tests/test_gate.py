@@ -165,3 +165,28 @@ def test_roofline_verdicts():
     assert cmp["bound"] == "compute" and abs(cmp["pct_of_floor"] - 50.0) < 1e-9
     assert abs(cmp["achieved_TFLOPs"] - 500.0) < 1e-9 and "pct_of_matmul_rate" in cmp
     assert "floor_ms" not in roofline(10, 0, ms=1.0, bw=None, rate=None)  # CPU: no ceilings
+
+
+def test_waiting_for_the_gate_does_not_count_against_the_time_limit():
+    """A job blocked behind another worker's GPU turn (here: this process holding the gate for
+    longer than the pool's time limit, like a hung kernel until it is killed) is not timed out."""
+    spec = _spec()
+    good = FAM.candidates(spec)[0]
+    from torch_kevolve.harness import make_jobs
+
+    with LocalPool(workers=2, gpus=[0], interpret=True, timeout_s=6, progress=False) as pool:
+        pool.map(make_jobs(FAM, spec, [good], seeds=1))  # workers up and warm
+        gate = GpuGate(pool.worker_env[0]["KEVOLVE_GPU_GATE"])
+        t0 = time.monotonic()
+        with gate.exclusive():
+            import threading
+
+            box: list = []
+            th = threading.Thread(target=lambda: box.append(pool.map(make_jobs(FAM, spec, [good], seeds=1))))
+            th.start()
+            time.sleep(9)  # past the 6 s limit, with the job waiting at the gate
+        th.join(60)
+        (res,) = box[0]
+        assert res.diagnostics.stage == "ok", res.diagnostics
+        assert time.monotonic() - t0 >= 9 and pool.restarts == 0
+        gate.close()

@@ -8,6 +8,7 @@ from typing import Any
 
 MODES = ("jit", "offline", "cache", "off")
 CONTEST = ("auto", "all", "none")
+SYNTHESIZERS = ("auto", "template", "llm")
 
 
 def parse_budget(text: str) -> tuple[int | None, float | None]:
@@ -75,6 +76,15 @@ class Settings:
     # timings can show a kernel beats Inductor's; "all" on every device (tests); "none" never.
     contest: str = "auto"
     workers_per_gpu: int = 0  # local harness: evaluation workers sharing one GPU (0: auto)
+    # Who proposes kernels: "template" (the family's templates), "llm" (a model over an
+    # OpenAI-compatible endpoint), "auto" (the LLM when an endpoint is configured for kevolve).
+    synthesizer: str = "auto"
+    llm_base_url: str = ""  # falls back to OPENAI_BASE_URL
+    llm_model: str = ""  # empty: the first model the server lists
+    llm_api_key: str = field(default="", repr=False)  # falls back to OPENAI_API_KEY; never printed
+    llm_max_tokens: int = 4096  # per reply
+    llm_budget_tokens: int = 400_000  # prompt + completion tokens per search (0: no limit)
+    llm_concurrency: int = 4  # requests in flight per search
 
     @staticmethod
     def from_env(options: dict[str, Any] | None = None) -> "Settings":
@@ -95,6 +105,13 @@ class Settings:
             "eval_timeout_s": os.environ.get("KEVOLVE_EVAL_TIMEOUT_S"),
             "contest": os.environ.get("KEVOLVE_CONTEST"),
             "workers_per_gpu": os.environ.get("KEVOLVE_WORKERS_PER_GPU"),
+            "synthesizer": os.environ.get("KEVOLVE_SYNTHESIZER"),
+            "llm_base_url": os.environ.get("KEVOLVE_LLM_BASE_URL"),
+            "llm_model": os.environ.get("KEVOLVE_LLM_MODEL"),
+            "llm_api_key": os.environ.get("KEVOLVE_LLM_API_KEY"),
+            "llm_max_tokens": os.environ.get("KEVOLVE_LLM_MAX_TOKENS"),
+            "llm_budget_tokens": os.environ.get("KEVOLVE_LLM_BUDGET_TOKENS"),
+            "llm_concurrency": os.environ.get("KEVOLVE_LLM_CONCURRENCY"),
         }
         merged = {k: v for k, v in env.items() if v not in (None, "")}
         merged.update({k: v for k, v in (options or {}).items() if v is not None})
@@ -108,11 +125,12 @@ class Settings:
                 conv[k] = None if v is None else Path(v).expanduser()
             elif k in ("search_budget_s", "lock_timeout_s", "eval_timeout_s"):
                 conv[k] = float(v)
-            elif k in ("seeds", "max_candidates", "search_seed", "workers_per_gpu"):
+            elif k in ("seeds", "max_candidates", "search_seed", "workers_per_gpu", "llm_max_tokens",
+                       "llm_budget_tokens", "llm_concurrency"):
                 conv[k] = int(v)
             elif k == "patience":
                 conv[k] = int(v) if int(v) > 0 else None  # 0 / negative: no patience limit
-            elif k in ("search", "contest"):
+            elif k in ("search", "contest", "synthesizer"):
                 conv[k] = str(v).strip().lower()
             else:
                 conv[k] = str(v)
@@ -121,6 +139,10 @@ class Settings:
             raise ValueError(f"KEVOLVE_MODE / mode must be one of {MODES}, got {s.mode!r}")
         if s.route not in ("auto", "triton", "custom_op"):
             raise ValueError(f"KEVOLVE_ROUTE / route must be auto, triton or custom_op, got {s.route!r}")
+        if s.synthesizer not in SYNTHESIZERS:
+            raise ValueError(f"KEVOLVE_SYNTHESIZER / synthesizer must be one of {SYNTHESIZERS}, got {s.synthesizer!r}")
+        if s.llm_concurrency < 1 or s.llm_max_tokens < 1:
+            raise ValueError("KEVOLVE_LLM_CONCURRENCY and KEVOLVE_LLM_MAX_TOKENS must be at least 1")
         if s.contest not in CONTEST:
             raise ValueError(f"KEVOLVE_CONTEST / contest must be one of {CONTEST}, got {s.contest!r}")
         parse_budget(s.budget)  # fail here, not in the middle of a compile

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 ENV = "KEVOLVE_GPU_GATE"
 
@@ -30,6 +30,9 @@ class NullGate:
     """No sharing: every hold is free."""
 
     path: str | None = None
+    #: called with "wait" when a hold has to wait for another worker and "go" once it has the gate:
+    #: the pool stops a job's time-limit clock meanwhile (the holder's own clock is the one running).
+    notify: Callable[[str], None] | None = None
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[float]:
@@ -52,14 +55,32 @@ class GpuGate(NullGate):
         self._data = os.open(path + ".data", os.O_RDWR | os.O_CREAT, 0o600)
         self.waited_s = 0.0  # total, for logs and tests
 
+    def _lock(self, fd: int, how: int, state: list[bool]) -> None:
+        """flock, telling ``notify`` first when it would block (once per hold)."""
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        if not state[0] and self.notify is not None:
+            state[0] = True
+            self.notify("wait")
+        fcntl.flock(fd, how)
+
+    def _went(self, state: list[bool]) -> None:
+        if state[0] and self.notify is not None:
+            self.notify("go")
+
     @contextlib.contextmanager
     def shared(self) -> Iterator[float]:
         t0 = time.monotonic()
-        fcntl.flock(self._turn, fcntl.LOCK_EX)
+        state = [False]
+        self._lock(self._turn, fcntl.LOCK_EX, state)
         try:
-            fcntl.flock(self._data, fcntl.LOCK_SH)
+            self._lock(self._data, fcntl.LOCK_SH, state)
         finally:
             fcntl.flock(self._turn, fcntl.LOCK_UN)
+        self._went(state)
         waited = time.monotonic() - t0
         self.waited_s += waited
         try:
@@ -70,12 +91,14 @@ class GpuGate(NullGate):
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[float]:
         t0 = time.monotonic()
-        fcntl.flock(self._turn, fcntl.LOCK_EX)
+        state = [False]
+        self._lock(self._turn, fcntl.LOCK_EX, state)
         try:
-            fcntl.flock(self._data, fcntl.LOCK_EX)
+            self._lock(self._data, fcntl.LOCK_EX, state)
         except BaseException:
             fcntl.flock(self._turn, fcntl.LOCK_UN)
             raise
+        self._went(state)
         waited = time.monotonic() - t0
         self.waited_s += waited
         try:

@@ -101,6 +101,7 @@ class _Worker:
     job: int | None = None  # index into the current map's jobs
     started_at: float | None = None  # when the worker picked the job up (the timeout clock)
     ready: bool = False
+    waiting_since: float | None = None  # blocked on the GPU gate (another worker's turn): clock paused
 
 
 class LocalPool:
@@ -258,7 +259,7 @@ class LocalPool:
                 pending.appendleft(i)
                 self._replace(w, kill=True, why="pipe closed before a job was sent")
                 continue
-            w.job, w.started_at = i, None
+            w.job, w.started_at, w.waiting_since = i, None, None
 
     def _poll(self, jobs: list[Job], results: list, pending: deque[int], limit: float, bar: Any) -> None:
         busy = [w for w in self._workers if w.job is not None]
@@ -266,7 +267,8 @@ class LocalPool:
             return
         now = time.monotonic()
         deadlines = [
-            (w.started_at + limit) if w.started_at is not None else (w.spawned_at + self.start_timeout_s)
+            (now + limit) if w.waiting_since is not None
+            else (w.started_at + limit) if w.started_at is not None else (w.spawned_at + self.start_timeout_s)
             for w in busy
         ]
         wait_s = max(0.0, min(deadlines) - now)
@@ -296,7 +298,7 @@ class LocalPool:
         for w in list(self._workers):
             if w.job is None:
                 continue
-            if w.started_at is not None and now >= w.started_at + limit:
+            if w.started_at is not None and w.waiting_since is None and now >= w.started_at + limit:
                 i = w.job
                 w.job = None
                 msg = f"evaluation exceeded {limit:g}s (worker killed)"
@@ -326,12 +328,20 @@ class LocalPool:
                 self._start_failures = 0
             elif kind == "started" and msg[1] == w.job:
                 w.started_at = time.monotonic()
+                w.waiting_since = None
                 self._start_failures = 0
+            elif kind == "gate" and msg[1] == w.job and w.started_at is not None:
+                now = time.monotonic()
+                if msg[2] == "wait":
+                    w.waiting_since = now
+                elif w.waiting_since is not None:  # "go": the wait does not count against the limit
+                    w.started_at += now - w.waiting_since
+                    w.waiting_since = None
             elif kind == "done" and msg[1] == w.job:
                 res: JobResult = msg[2]
                 i = msg[1]
                 results[i] = res.to_scored(jobs[i])
-                w.job, w.started_at = None, None
+                w.job, w.started_at, w.waiting_since = None, None, None
                 _tick(bar)
                 if res.restart:
                     status = "restart"

@@ -411,6 +411,10 @@ def worker_main(conn: "Connection", cfg: WorkerConfig) -> None:
                 break
             idx, job = msg
             conn.send(("started", idx))
+            from .gate import process_gate
+
+            # waiting for another worker's GPU turn is not this job's time: the pool pauses its clock
+            process_gate().notify = lambda ev, _i=idx: conn.send(("gate", _i, ev))
             try:
                 mismatch = mode_mismatch(job)
                 if mismatch:

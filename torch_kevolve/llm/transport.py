@@ -189,6 +189,7 @@ class ChatTransport:
         self._rng = rng or random.Random(0)
         self._sem = threading.BoundedSemaphore(max(1, config.concurrency))
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._reserved_tokens = 0
         self._reserved_cost = 0.0
         self._in_flight = 0
@@ -229,26 +230,36 @@ class ChatTransport:
         return (prompt * self.config.price_in + completion * self.config.price_out) / 1e6
 
     def _reserve(self, messages: Messages) -> tuple[int, float, int]:
-        """(tokens, cost, max_tokens) held for one request; raises BudgetExceeded when none fit."""
+        """(tokens, cost, max_tokens) held for one request. When only other requests' reservations
+        stand in the way, wait for them to settle; raise BudgetExceeded when spending alone leaves
+        too little."""
         cfg = self.config
         est = estimate_tokens(messages)
-        max_tokens = cfg.max_tokens
-        with self._lock:
-            if cfg.budget_tokens > 0:
-                left = cfg.budget_tokens - self.usage.total_tokens - self._reserved_tokens
-                room = left - est
-                if room < min(256, max_tokens):
+        floor = min(256, cfg.max_tokens)  # the smallest reply worth asking for
+        with self._cond:
+            while True:
+                max_tokens = cfg.max_tokens
+                spent_room = cfg.budget_tokens - self.usage.total_tokens - est if cfg.budget_tokens > 0 else None
+                if spent_room is not None and spent_room < floor:
                     self.usage.refused += 1
-                    raise BudgetExceeded(f"token budget: {self.usage.total_tokens} used, {self._reserved_tokens} "
-                                         f"reserved of {cfg.budget_tokens}; this request may need {est + max_tokens}")
-                max_tokens = min(max_tokens, room)
-            cost = self._cost(est, max_tokens)
-            if cfg.budget_cost > 0 and self.usage.cost + self._reserved_cost + cost > cfg.budget_cost:
-                self.usage.refused += 1
-                raise BudgetExceeded(f"cost budget: {self.usage.cost:.4g} spent of {cfg.budget_cost:.4g}")
-            self._reserved_tokens += est + max_tokens
-            self._reserved_cost += cost
-            return est + max_tokens, cost, max_tokens
+                    raise BudgetExceeded(f"token budget: {self.usage.total_tokens} of {cfg.budget_tokens} used; "
+                                         f"this request needs about {est + floor}")
+                if cfg.budget_cost > 0 and self.usage.cost + self._cost(est, floor) > cfg.budget_cost:
+                    self.usage.refused += 1
+                    raise BudgetExceeded(f"cost budget: {self.usage.cost:.4g} spent of {cfg.budget_cost:.4g}")
+                fits = True
+                if spent_room is not None:
+                    room = spent_room - self._reserved_tokens
+                    fits = room >= floor
+                    max_tokens = min(max_tokens, max(room, 0))
+                cost = self._cost(est, max_tokens)
+                if cfg.budget_cost > 0 and self.usage.cost + self._reserved_cost + cost > cfg.budget_cost:
+                    fits = False
+                if fits:
+                    self._reserved_tokens += est + max_tokens
+                    self._reserved_cost += cost
+                    return est + max_tokens, cost, max_tokens
+                self._cond.wait(timeout=1.0)  # in-flight requests hold the rest: wait for them to settle
 
     def exhausted(self) -> bool:
         """True when not even a small request would fit in the budget any more."""
@@ -278,12 +289,16 @@ class ChatTransport:
                 finally:
                     with self._lock:
                         self._in_flight -= 1
-        finally:
-            with self._lock:
+        except BaseException:
+            with self._cond:
                 self._reserved_tokens -= held_tokens
                 self._reserved_cost -= held_cost
+                self._cond.notify_all()
+            raise
         reply.latency_s = time.monotonic() - t0
-        with self._lock:
+        with self._cond:  # spending replaces the reservation in one step
+            self._reserved_tokens -= held_tokens
+            self._reserved_cost -= held_cost
             u = self.usage
             u.prompt_tokens += reply.prompt_tokens
             u.completion_tokens += reply.completion_tokens
@@ -292,6 +307,7 @@ class ChatTransport:
                 u.replies += 1
             else:
                 u.failures += 1
+            self._cond.notify_all()
         self._record(tag, messages, reply)
         return reply
 

@@ -6,6 +6,7 @@ This is the in-process evaluator the Foundation search uses; the isolated, paral
 from __future__ import annotations
 
 import math
+import os
 import random
 import statistics
 import time
@@ -185,7 +186,10 @@ class Evaluator:
         if gate is None:
             from ..harness.gate import process_gate  # workers sharing a GPU: time alone, verify together
 
-            gate = process_gate() if self.device.type == "cuda" else None
+            from ..harness.gate import ENV
+
+            # a pool sets the gate for workers sharing a GPU; elsewhere (CPU, in-process) none
+            gate = process_gate() if self.device.type == "cuda" or os.environ.get(ENV) else None
         from ..harness.gate import NullGate
 
         self.gate = gate or NullGate()
