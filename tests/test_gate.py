@@ -190,3 +190,16 @@ def test_waiting_for_the_gate_does_not_count_against_the_time_limit():
         assert res.diagnostics.stage == "ok", res.diagnostics
         assert time.monotonic() - t0 >= 9 and pool.restarts == 0
         gate.close()
+
+
+def test_a_long_lived_worker_is_not_taken_for_one_that_failed_to_start():
+    """Regression (seen on the H100): a job sent to a worker spawned more than ``start_timeout_s``
+    ago was judged "no response since spawning" before its ack arrived, and the pool gave up."""
+    spec = _spec()
+    from torch_kevolve.harness import make_jobs
+
+    with LocalPool(workers=1, gpus=[], interpret=True, timeout_s=60, start_timeout_s=30, progress=False) as pool:
+        assert pool.map(make_jobs(FAM, spec, FAM.candidates(spec)[:1], seeds=1))[0].ok
+        pool._workers[0].spawned_at -= 1000.0  # as if it had lived for a quarter of an hour
+        res = pool.map(make_jobs(FAM, spec, FAM.candidates(spec)[:2], seeds=1))
+        assert [r.diagnostics.stage for r in res] == ["ok", "ok"] and pool.restarts == 0

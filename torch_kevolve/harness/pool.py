@@ -102,6 +102,12 @@ class _Worker:
     started_at: float | None = None  # when the worker picked the job up (the timeout clock)
     ready: bool = False
     waiting_since: float | None = None  # blocked on the GPU gate (another worker's turn): clock paused
+    sent_at: float = 0.0  # when the current job was sent (a ready worker acks it at once)
+
+    def ack_deadline(self, start_timeout_s: float, limit: float) -> float:
+        """Until when a job may wait for the worker's "started": a worker still starting up gets
+        the start-up allowance from its spawn; a ready one, the job's limit from the send."""
+        return self.sent_at + limit if self.ready else self.spawned_at + start_timeout_s
 
 
 class LocalPool:
@@ -259,7 +265,7 @@ class LocalPool:
                 pending.appendleft(i)
                 self._replace(w, kill=True, why="pipe closed before a job was sent")
                 continue
-            w.job, w.started_at, w.waiting_since = i, None, None
+            w.job, w.started_at, w.waiting_since, w.sent_at = i, None, None, time.monotonic()
 
     def _poll(self, jobs: list[Job], results: list, pending: deque[int], limit: float, bar: Any) -> None:
         busy = [w for w in self._workers if w.job is not None]
@@ -268,7 +274,7 @@ class LocalPool:
         now = time.monotonic()
         deadlines = [
             (now + limit) if w.waiting_since is not None
-            else (w.started_at + limit) if w.started_at is not None else (w.spawned_at + self.start_timeout_s)
+            else (w.started_at + limit) if w.started_at is not None else w.ack_deadline(self.start_timeout_s, limit)
             for w in busy
         ]
         wait_s = max(0.0, min(deadlines) - now)
@@ -306,7 +312,7 @@ class LocalPool:
                 results[i] = failed(jobs[i], "timeout", msg, worker_pid=w.proc.pid)
                 _tick(bar)
                 self._replace(w, kill=True, why=msg)
-            elif w.started_at is None and now >= w.spawned_at + self.start_timeout_s:
+            elif w.started_at is None and now >= w.ack_deadline(self.start_timeout_s, limit):
                 pending.appendleft(w.job)
                 w.job = None
                 self._start_failed(w, f"no response within {self.start_timeout_s:g}s of spawning")
