@@ -176,6 +176,17 @@ def kernel_reply(tag: str, config: dict | None = None, source: str | None = None
     return out
 
 
+TEMPLATE_BY_KERNEL = {FAM.call_plan(SPEC, c).kernel: c for c in FAM.candidates(SPEC)}
+
+
+def rewrite_of_contract(body: dict, tag: str) -> str:
+    """What a cooperative model does: rewrite the kernel whose entry point the prompt asks to keep."""
+    prompt = [m for m in body["messages"] if m["role"] == "user"][0]["content"]
+    contract = prompt.split("## Entry-point contract", 1)[-1]
+    name = next((k for k in TEMPLATE_BY_KERNEL if f"def {k}(" in contract), None)
+    return kernel_reply(tag, source=TEMPLATE_BY_KERNEL[name].source if name else None)
+
+
 HOSTILE = ("Here is a faster kernel.\n```python\nimport os\n" + TEMPLATE.source
            + "\n\ndef _leak():\n    return os.environ\n```\n")
 MALFORMED = "Sure! You should use more warps and a larger BLOCK_L; that will be faster."
@@ -395,7 +406,7 @@ def test_mcts_search_end_to_end_llm_wins_bad_replies_rejected(stub_factory):
     # the broken kernel was evaluated, failed with diagnostics, and a later prompt carried them
     broken = [n for n in tree if "undefined_scale" in n.candidate.source]
     assert len(broken) == 1 and broken[0].ok is False and "undefined_scale" in broken[0].diag
-    later = prompts[5:]
+    later = [p for p in prompts[5:] if p.startswith("## Task")]
     assert later and all("## Entry-point contract" in p for p in later)
     assert any("undefined_scale" in p and "## Search so far" in p for p in later)
     # every first-turn prompt had the parts
@@ -468,13 +479,30 @@ def test_falls_back_to_templates_when_the_model_gives_nothing(stub_factory):
     assert len(got) == 2 and all(c.origin.startswith("template") for c in got) and not stub.bodies
 
 
+def test_flat_proposals_for_the_exhaustive_strategy(stub_factory):
+    """Strategies without a tree get a template first, then rewrites of the best verified kernel."""
+    stub = stub_factory(lambda body, n: (200, {}, chat_payload(rewrite_of_contract(body, f"f{n}"))))
+    synth = LLMSynthesizer(transport(stub.url), knowledge=False)
+    rec = Recorder()
+    out = get_strategy("exhaustive")(FAM, SPEC, synth, synth.watch(rec), Budget(max_evals=3), 0, baseline_ms=1.0,
+                                     batch=2)
+    assert [r.candidate.origin for r in out.results] == ["template", f"llm:{MODEL}", f"llm:{MODEL}"]
+    assert all(r.ok for r in out.results)
+    prompts = stub.prompts()
+    assert prompts[0].startswith("## Task\nWrite a new kernel") and "Starting point" in prompts[0]
+    assert prompts[1].startswith("## Task\nWrite a kernel module for this op that is faster")
+    assert "## Parent\nParent kernel" in prompts[1] and "rewritten by the model: f0" in prompts[1]  # the best so far
+
+
 def test_expansion_asks_concurrently_within_the_limit(stub_factory):
-    stub = stub_factory(lambda body, n: (200, {}, chat_payload(kernel_reply(f"c{n}"))), delay_s=0.2)
+    stub = stub_factory(lambda body, n: (200, {}, chat_payload(rewrite_of_contract(body, f"c{n}"))), delay_s=0.2)
     synth = LLMSynthesizer(transport(stub.url, concurrency=2), knowledge=False, seed_templates=0)
     tree = SearchTree("mcts")
     t0 = time.monotonic()
     got = synth.expand(FAM, SPEC, tree, tree.root, 4, "restart", __import__("random").Random(0))
     assert len(got) == 4 and len({c.source for c in got}) == 4
+    # restarts rewrite the family's templates in turn
+    assert [c.template for c in got] == ["bag_per_program", "bags_per_block", "bag_tile", "bag_per_program"]
     assert stub.max_in_flight == 2 and time.monotonic() - t0 < 4 * 0.2 + 0.5
     assert all(synth.prior(FAM, SPEC, c) == synth.llm_prior for c in got)
     assert synth.prior(FAM, SPEC, TEMPLATE) == 1.0
@@ -492,4 +520,5 @@ def test_replay_reruns_a_recorded_search_without_an_endpoint(stub_factory):
                 for n in o.tree]
 
     assert shape(out1) == shape(out2)
-    assert [e["messages"] for e in s1.transcript()] == [e["messages"] for e in s2.transcript()]
+    by_tag = lambda s: sorted((e["tag"], json.dumps(e["messages"])) for e in s.transcript())  # noqa: E731
+    assert by_tag(s1) == by_tag(s2)  # the same questions (concurrent asks may finish in another order)

@@ -141,7 +141,7 @@ def test_registered() -> None:
     assert family_for_op("aten.index_add.default") is None  # decomposed before the post-grad graph
     assert family_for_op("aten._embedding_bag.default") is get_family("embedding_bag")
     assert family_for_op("aten.segment_reduce.default") is get_family("segment_reduce")
-    assert set(TEMPLATES) == {"copy_atomic", "atomic", "ws_fp32", "scan"}
+    assert set(TEMPLATES) == {"copy_atomic", "atomic", "ws_fp32", "scan", "csr"}
 
 
 def _all_templates(spec: OpSpec) -> list[Candidate]:
@@ -264,14 +264,14 @@ def test_spec_geometry_and_errors() -> None:
 @pytest.mark.parametrize(
     "dt,reduce,incl,device,expect",
     [
-        (F32, "sum", True, None, {"copy_atomic", "atomic", "ws_fp32", "scan"}),
-        (F32, "sum", False, None, {"copy_atomic", "ws_fp32", "scan"}),
-        (F16, "sum", True, None, {"copy_atomic", "atomic", "ws_fp32", "scan"}),
-        (BF16, "sum", True, None, {"ws_fp32", "scan"}),  # no bf16 atomics in the interpreter
-        (BF16, "sum", True, CUDA, {"copy_atomic", "atomic", "ws_fp32", "scan"}),
+        (F32, "sum", True, None, {"copy_atomic", "atomic", "ws_fp32", "scan", "csr"}),
+        (F32, "sum", False, None, {"copy_atomic", "ws_fp32", "scan", "csr"}),
+        (F16, "sum", True, None, {"copy_atomic", "atomic", "ws_fp32", "scan", "csr"}),
+        (BF16, "sum", True, None, {"ws_fp32", "scan", "csr"}),  # no bf16 atomics in the interpreter
+        (BF16, "sum", True, CUDA, {"copy_atomic", "atomic", "ws_fp32", "scan", "csr"}),
         (F32, "amax", True, None, {"copy_atomic", "atomic", "ws_fp32", "scan"}),
         (F16, "amin", False, CUDA, {"ws_fp32", "scan"}),  # max/min atomics on 32-bit words only
-        (F32, "mean", True, None, {"ws_fp32", "scan"}),
+        (F32, "mean", True, None, {"ws_fp32", "scan", "csr"}),
         (F32, "prod", False, None, {"scan"}),
     ],
 )
@@ -351,7 +351,7 @@ def test_candidate_space(kind, dt, reduce, incl, n, d, m, device) -> None:
         assert plan.outputs[0].fill == (SC._FILL[reduce] if c.template == "atomic" else None)
         for st, fn in _step_fns(c, plan):
             assert [a for a, _ in st.args] == list(fn.arg_names), st.kernel  # every param bound once
-            assert all(isinstance(x, int) and x >= 0 for x in st.grid) and st.grid[1] <= 65535
+            assert all(isinstance(x, int) and x >= 0 for x in st.grid) and (len(st.grid) < 2 or st.grid[1] <= 65535)
             assert all(math.isfinite(v) for _, v in st.args if isinstance(v, float))
         if c.template == "ws_fp32":
             assert plan.workspace[0].dtype == "float32" and plan.workspace[0].shape == (g.n * g.d,)
@@ -359,6 +359,13 @@ def test_candidate_space(kind, dt, reduce, incl, n, d, m, device) -> None:
         if c.template == "copy_atomic":
             assert [s.kernel for s in plan.pre] == ["scatter_copy"] + ([] if incl else ["scatter_src"])
             assert not plan.workspace
+        if c.template == "csr":  # int32 counts [N] (zeroed), row pointers [N + 1], permutation [M]
+            assert [(w.shape, w.dtype, w.fill) for w in plan.workspace[:3]] == [
+                ((g.n,), "int32", 0), ((g.n + 1,), "int32", None), ((g.m,), "int32", None)]
+            scans = (["scatter_csr_scan"] if cfg["SCAN"] == 1 else ["scatter_csr_block_sums", "scatter_csr_block_scan"])
+            assert [s.kernel for s in plan.pre] == ["scatter_csr_hist", *scans, "scatter_csr_fill"]
+    if "csr" in allowed:  # right after the default: the search meets it early
+        assert cands[1].template == "csr"
 
 
 def test_call_plan_rejects() -> None:
@@ -548,6 +555,86 @@ def test_out_of_range_indices_are_masked(kind: str) -> None:
         torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5, msg=lambda m: f"{cand.template}: {m}")
 
 
+def _csr(spec: OpSpec, **over: Any) -> Candidate:
+    c = firsts(FAM.candidates(spec))["csr"]
+    return with_cfg(c, **over) if over else c
+
+
+@pytest.mark.parametrize("dt", [F32, F16, BF16])
+def test_csr_template(dt: torch.dtype) -> None:
+    """The counting-sort + gather-reduce template on odd shapes vs the float64 reference (and eager
+    where eager is accurate): random / sorted / hot / all-equal indices, M = 0, a single row, index_put
+    broadcast values and negative indices, both row-pointer scans (several steps / blocks), column
+    loops, include_self=False, mean, and a scatter index narrower than the row."""
+    spec = make_spec("ip", dt, n=37, d=19, m=53)
+    seeds = (0, 1, 2)  # uniform (some negative), sorted, hot rows
+    variants = (dict(), dict(SCAN=1, SCAN_BLOCK=16, BLOCK_N=4), dict(SCAN=2, SCAN_BLOCK=16, BLOCK_D=8, D_LOOP=True),
+                dict(BLOCK_N=1, BLOCK_D=32, CSR_BLOCK_M=16))
+    vs_eager = dt == F32  # eager index_put sums fp16/bf16 in the data dtype
+    for seed, over in zip(seeds + (0,), variants):
+        check(spec, _csr(spec, **over), FAM.make_inputs(spec, seed), vs_eager=vs_eager)
+    gen = torch.Generator().manual_seed(5)
+    x, src = torch.randn(37, 19, generator=gen).to(dt), torch.randn(53, 19, generator=gen).to(dt)
+    # all equal (one long CSR row, 53 lockstep steps), the last row via a negative index
+    for val in (4, -1):
+        idx = torch.full((53,), val, dtype=torch.int64)
+        check(spec, _csr(spec, BLOCK_N=8), [x, idx, src], vs_eager=vs_eager)
+    # M = 0: out = self; a single row of self
+    sp0 = FAM.spec_for(SC.INDEX_PUT, x, torch.empty(0, dtype=torch.int64), src[:0], 0)
+    out = run_candidate(sp0, _csr(sp0), [x, torch.empty(0, dtype=torch.int64), src[:0]])
+    assert torch.equal(out, x)
+    x1, i1 = x[:1], torch.tensor([0, -1, 0, 0, -1], dtype=torch.int32)
+    sp1 = FAM.spec_for(SC.INDEX_PUT, x1, i1, src[:5], 0)
+    check(sp1, _csr(sp1), [x1, i1, src[:5]], vs_eager=vs_eager)
+    # index_put broadcast values [D]
+    spb = make_spec("ip_bcast", dt, n=37, d=19, m=53)
+    check(spb, _csr(spb), FAM.make_inputs(spb, 2), vs_eager=vs_eager)
+    # scatter (fp32 accumulation in eager): include_self=False, mean, an index narrower than the row
+    for reduce, incl in (("sum", False), ("mean", True), ("mean", False)):
+        sps = make_spec("row_dim1", dt, reduce, incl, n=37, d=19, m=53)
+        check(sps, _csr(sps, BLOCK_N=8), FAM.make_inputs(sps, 1 + incl))
+    xs, ss = torch.randn(9, 6, generator=gen).to(dt), torch.randn(12, 6, generator=gen).to(dt)
+    iv = torch.randint(0, 9, (12,), generator=gen)[:, None].expand(12, 3)  # columns 3.. are untouched
+    spn = FAM.spec_for(SC.SCATTER_ADD, xs, iv, ss, 0)
+    assert FAM.geom(spn).row and FAM.geom(spn).k == 3
+    check(spn, _csr(spn), [xs, iv, ss])
+
+
+def test_csr_out_of_range_and_offer() -> None:
+    """Out-of-range rows are skipped by the histogram and the fill (never written out of bounds);
+    -0.0 in self and NaN/inf survive; the template is offered only for row-index sum/mean with a
+    small workspace, and its plan rejects bad knobs."""
+    x = torch.randn(12, 5)
+    x[3, 1] = -0.0  # a row nothing hits keeps self bit for bit
+    idx = torch.tensor([0, 12, -13, 2**40, 5, -1, 5, 11, -12, 30])
+    src = torch.randn(10, 5)
+    src[4, 0], src[6, 0] = INF, NAN
+    spec = FAM.spec_for(SC.INDEX_PUT, x, idx, src, 0)
+    keep = (idx >= -12) & (idx < 12)
+    (ref,) = FAM.reference(spec, [x, torch.where(keep, idx, 0), src * keep[:, None]])
+    for over in (dict(), dict(SCAN=2, SCAN_BLOCK=16, BLOCK_N=2)):
+        out = run_candidate(spec, _csr(spec, **over), [x, idx, src])
+        assert torch.equal(out.isnan(), ref.isnan())
+        torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5, equal_nan=True)
+        assert torch.equal(out[3].view(torch.int32), x[3].view(torch.int32))
+    # offered: row index, sum/mean, workspace small against the data; not for element indices,
+    # amax/prod, or a 1-D scatter whose int32 workspace would rival the data
+    assert "csr" in FAM.templates_for(make_spec("row", reduce="mean", include_self=False))
+    assert "csr" not in FAM.templates_for(make_spec("elem"))
+    assert "csr" not in FAM.templates_for(make_spec("row", reduce="amax"))
+    assert "csr" not in FAM.templates_for(make_spec("1d", n=10_000_000, m=10))
+    assert "csr" in FAM.templates_for(make_spec("1d", n=1000, m=10))  # small: always (edge cases)
+    bench = make_spec("ip", F32, n=262144, d=128, m=262144, device=CUDA)
+    cands = FAM.candidates(bench)
+    assert cands[0].template == "copy_atomic" and {c.template for c in cands[1:8]} == {"csr"}
+    with pytest.raises(ValueError, match="SCAN=3"):
+        FAM.call_plan(spec, _csr(spec, SCAN=3))
+    with pytest.raises(ValueError, match="CSR_BLOCK_M"):
+        FAM.call_plan(spec, _csr(spec, CSR_BLOCK_M=24))
+    with pytest.raises(ValueError, match="cannot serve"):
+        FAM.call_plan(make_spec("elem"), _csr(spec))
+
+
 _SM90_SCRIPT = r"""
 import dataclasses, sys
 import torch, triton
@@ -580,7 +667,7 @@ for spec in specs:
     for cand in fam.candidates(spec):
         cfg = cand.cfg
         key = (spec.args[0].dtype, spec.const("reduce"), spec.const("include_self"), cand.template,
-               cfg.get("SEG_COMBINE"), cfg.get("D_LOOP"), cfg.get("USE_DOT"))
+               cfg.get("SEG_COMBINE"), cfg.get("D_LOOP"), cfg.get("USE_DOT"), cfg.get("SCAN"))
         if key in done:
             continue
         done.add(key)
@@ -628,7 +715,9 @@ def test_kernels_compile_for_sm90(tmp_path) -> None:
     if "NO-TOOLCHAIN" in r.stdout:
         pytest.skip(r.stdout.strip()[:200])
     kernels = {line.rsplit(" ", 1)[-1] for line in r.stdout.splitlines() if line.startswith("OK ")}
-    assert kernels == {"scatter_src", "scatter_copy", "scatter_atomic", "scatter_finalize", "scatter_scan"}, r.stdout
+    assert kernels == {"scatter_src", "scatter_copy", "scatter_atomic", "scatter_finalize", "scatter_scan",
+                       "scatter_csr_hist", "scatter_csr_scan", "scatter_csr_block_sums", "scatter_csr_block_scan",
+                       "scatter_csr_fill", "scatter_csr_reduce"}, r.stdout
     assert r.stdout.count("OK ") >= 30, r.stdout
 
 

@@ -91,10 +91,10 @@ def long_tail_reason(node: fx.Node, contest: str = "auto") -> str | None:
     if name in _TRITON_ONLY:  # these also sit in ``fallbacks``: the lowering decides per device
         if device is not None and device.type not in ("cuda", "xpu"):
             return f"lowered for Triton devices only: falls back to ATen on {device.type}"
-        return None
-    if target in L.fallbacks or target.overloadpacket in L.fallbacks:
+        # lowered on this device: contested below when a family serves it
+    elif target in L.fallbacks or target.overloadpacket in L.fallbacks:
         return "Inductor fallback (make_fallback): calls the ATen kernel"
-    if target not in L.lowerings and target.overloadpacket not in L.lowerings:
+    elif target not in L.lowerings and target.overloadpacket not in L.lowerings:
         return "no Inductor lowering: calls the ATen kernel"
     fam = family_for_op(name)
     if fam is not None and name in fam.lowered_ops:

@@ -22,7 +22,7 @@ def _load_builtin() -> None:
     if _loaded:
         return
     _loaded = True
-    from . import embedding_bag, jagged, scatter, segment_reduce  # noqa: F401  (each registers itself)
+    from . import bucketize, cumextrema, embedding_bag, jagged, scatter, segment_reduce  # noqa: F401  (each registers itself)
 
 
 def get_family(name: str) -> OpFamily:

@@ -169,9 +169,11 @@ class OpFamily(ABC):
         import inspect
         import textwrap
 
-        parts = [f"# {self.name}: {spec.describe()}",
-                 "# inputs: " + ", ".join("None" if a is None else f"{a.dtype}{list(a.shape)}" for a in spec.args),
-                 "# constants: " + (", ".join(f"{k}={v!r}" for k, v in spec.consts) or "none")]
+        parts = ["\n".join([
+            f"# {self.name}: {spec.describe()}",
+            "# inputs: " + ", ".join("None" if a is None else f"{a.dtype}{list(a.shape)}" for a in spec.args),
+            "# constants: " + (", ".join(f"{k}={v!r}" for k, v in spec.consts) or "none"),
+        ])]
         for meth in (type(self).eager, type(self).reference):
             try:
                 parts.append(textwrap.dedent(inspect.getsource(meth)).rstrip())

@@ -52,12 +52,14 @@ Templates (each a complete module; every element of the output written exactly o
 * ``smem`` (1-D boundaries, ``M <= 4096``): the program loads the boundaries (through the sorter when
   given) once into a register tile, then searches ``TILES`` blocks of ``BLOCK`` values with ``tl.gather``
   from that tile (registers / shared memory on the GPU) instead of dependent global loads.
-* ``count`` (1-D boundaries, ``M <= 512``): branch-free: per value the number of boundaries ``< v``
-  (``<= v`` for right) over ``BC``-wide boundary chunks (no sorter reads: a count ignores order), NaN
-  values to ``M``. A program that sees a NaN boundary replays the exact search instead (uniform branch).
-* ``row`` (per-row sequences, ``M <= 4096``): one program per ``BLOCK_R`` rows loads their sequences as a
-  ``[BLOCK_R, NB]`` tile once and walks the rows' values ``BLOCK_K`` at a time, searching with
-  ``tl.gather`` along the row.
+* ``count`` (1-D boundaries, ``M <= 512``): branch-free: per value the number of boundaries for which
+  ATen's step moves right (``!(b >= v)``, ``!(b > v)`` for right: ``b < v`` / ``b <= v``, and every
+  boundary for a NaN value) over ``BC``-wide boundary chunks (no sorter reads: a count ignores order).
+  A program that sees a NaN boundary replays the exact search instead (uniform branch).
+* ``row`` (per-row sequences, ``M <= 4096``): one program per ``BLOCK_R`` rows loads their sequences once
+  as one flat ``BLOCK_R * NB`` tile and walks the rows' values ``BLOCK_R * BLOCK_K`` at a time, each
+  searching its row's slice with ``tl.gather`` (a 2-D ``[BLOCK_R, NB]`` tile gathered along its rows
+  spilled registers on sm_90 even for one row).
 """
 from __future__ import annotations
 
@@ -161,15 +163,15 @@ def _search_global(b_ptr, s_ptr, b_row, s_row, v, live, n_bounds, stride_bm, str
 
 
 @triton.jit
-def _search_tile(bk, v, live, n_bounds, AXIS: tl.constexpr, RIGHT: tl.constexpr, STEPS: tl.constexpr):
-    \"\"\"ATen's binary search over boundaries held in a register tile ``bk`` (already keyed), read with
-    tl.gather along AXIS (shared memory / shuffles on the GPU).\"\"\"
+def _search_tile(bk, base, v, live, n_bounds, RIGHT: tl.constexpr, STEPS: tl.constexpr):
+    \"\"\"ATen's binary search over boundaries held in a flat register tile ``bk`` (already keyed; each
+    value's sequence starts at ``base``), read with tl.gather (shared memory / shuffles on the GPU).\"\"\"
     lo = tl.zeros(v.shape, dtype=tl.int32)
     hi = lo + n_bounds
     for _ in tl.static_range(STEPS):
         active = live & (lo < hi)
         mid = lo + ((hi - lo) >> 1)
-        bv = tl.gather(bk, tl.where(active, mid, 0), AXIS)
+        bv = tl.gather(bk, tl.where(active, base + mid, 0), 0)
         right = _go_right(bv, v, RIGHT)
         lo = tl.where(active & right, mid + 1, lo)
         hi = tl.where(active & ~right, mid, hi)
@@ -232,7 +234,7 @@ def bucketize_smem(''' + _SIGNATURE + '''
         live = e < numel
         r, off = _element(e, n_cols, stride_xr, stride_xk, TWO_D)
         v = _key(tl.load(x_ptr + off, mask=live, other=0), CMP)
-        lo = _search_tile(bk, v, live, n_bounds, 0, RIGHT, STEPS)
+        lo = _search_tile(bk, 0, v, live, n_bounds, RIGHT, STEPS)
         tl.store(out_ptr + e, lo.to(out_ptr.dtype.element_ty), mask=live)
 '''
 
@@ -265,9 +267,9 @@ def bucketize_count(''' + _SIGNATURE + '''
             for c in range(0, n_bounds, BC):
                 jm = (c + jj) < n_bounds
                 bk = _key(tl.load(b_ptr + (c + jj).to(tl.int64) * stride_bm, mask=jm, other=0), CMP)
+                # ATen's step predicate: a NaN value is "right of" every boundary, so it counts M
                 below = _go_right(bk[None, :], v[:, None], RIGHT)
                 res += tl.sum((below & jm[None, :]).to(tl.int32), axis=1)
-            res = tl.where(v != v, n_bounds, res)  # NaN values: every step moves right
         tl.store(out_ptr + e, res.to(out_ptr.dtype.element_ty), mask=live)
 '''
 
@@ -277,26 +279,31 @@ ROW_SOURCE = _HEADER + _COMMON + '''
 def bucketize_row(''' + _SIGNATURE + '''
     n_rows, NB: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    \"\"\"One program = BLOCK_R rows: their sequences loaded once as a [BLOCK_R, NB] tile (through the
-    sorter), then the rows' values BLOCK_K at a time, searched with gathers along the row.\"\"\"
-    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    rm = r < n_rows
-    j = tl.arange(0, NB).to(tl.int64)
-    m2 = rm[:, None] & (j < n_bounds)[None, :]
+    \"\"\"One program = BLOCK_R rows: their sequences loaded once, through the sorter, as one flat
+    [BLOCK_R * NB] tile (a 1-D tile keeps gathers cheap; a [BLOCK_R, NB] one spills on sm_90), then the
+    rows' values as flat [BLOCK_R * BLOCK_K] blocks, each searching its row's slice with gathers.\"\"\"
+    r0 = tl.program_id(0).to(tl.int64) * BLOCK_R
+    j = tl.arange(0, BLOCK_R * NB)
+    jr = r0 + j // NB
+    jp = (j % NB).to(tl.int64)
+    jm = (jr < n_rows) & (jp < n_bounds)
     if HAS_SORTER:
-        sj = tl.load(s_ptr + r[:, None] * stride_sr + j[None, :] * stride_sm, mask=m2, other=0)
-        m2 = m2 & (sj >= 0) & (sj < n_bounds)
-        bt = tl.load(b_ptr + r[:, None] * stride_br + sj * stride_bm, mask=m2, other=0)
+        sj = tl.load(s_ptr + jr * stride_sr + jp * stride_sm, mask=jm, other=0)
+        jm = jm & (sj >= 0) & (sj < n_bounds)
+        bt = tl.load(b_ptr + jr * stride_br + sj * stride_bm, mask=jm, other=0)
     else:
-        bt = tl.load(b_ptr + r[:, None] * stride_br + j[None, :] * stride_bm, mask=m2, other=0)
+        bt = tl.load(b_ptr + jr * stride_br + jp * stride_bm, mask=jm, other=0)
     bk = _key(bt, CMP)
-    kk = tl.arange(0, BLOCK_K).to(tl.int64)
+    e = tl.arange(0, BLOCK_R * BLOCK_K)
+    er = e // BLOCK_K
+    r = r0 + er
+    base = er * NB  # the row's slice of the tile
     for k0 in range(0, n_cols, BLOCK_K):
-        k = k0 + kk
-        live = rm[:, None] & (k < n_cols)[None, :]
-        x = tl.load(x_ptr + r[:, None] * stride_xr + k[None, :] * stride_xk, mask=live, other=0)
-        lo = _search_tile(bk, _key(x, CMP), live, n_bounds, 1, RIGHT, STEPS)
-        tl.store(out_ptr + r[:, None] * n_cols + k[None, :], lo.to(out_ptr.dtype.element_ty), mask=live)
+        k = k0 + (e % BLOCK_K).to(tl.int64)
+        live = (r < n_rows) & (k < n_cols)
+        x = tl.load(x_ptr + r * stride_xr + k * stride_xk, mask=live, other=0)
+        lo = _search_tile(bk, base, _key(x, CMP), live, n_bounds, RIGHT, STEPS)
+        tl.store(out_ptr + r * n_cols + k, lo.to(out_ptr.dtype.element_ty), mask=live)
 '''
 
 TEMPLATES: dict[str, tuple[str, str]] = {
@@ -513,7 +520,8 @@ class BucketizeFamily(OpFamily):
         if not isinstance(right, bool) or not isinstance(out_int32, bool):
             return Skip(f"right/out_int32 are not constants ({right!r}, {out_int32!r})")
         x, b, s, out = meta_val(x_n), meta_val(b_n), meta_val(s_n), meta_val(node)
-        if not all(isinstance(t, torch.Tensor) for t in (x, b, out)) or (s_n is not None and not isinstance(s, torch.Tensor)):
+        missing = s_n is not None and not isinstance(s, torch.Tensor)
+        if missing or not all(isinstance(t, torch.Tensor) for t in (x, b, out)):
             return Skip("inputs or result have no FakeTensor metadata")
         try:
             spec = self.spec_for(op, x, b, s, right, out_int32)
@@ -670,8 +678,10 @@ class BucketizeFamily(OpFamily):
             self._case(spec, "empty_values", torch.empty((rows, 0) if g.per_row else (0,)), base),
         ]
         if g.per_row:
-            per = torch.tensor([[-3.0, -1, 0, 2, 5, 7, 9, 11, 12], [0, 0, 1, 1, 2, 2, 3, 3, 4], [-9, -8, -7, -6, -5, -4, -3, -2, -1]])
-            cases.append(self._case(spec, "rows_differ", torch.tensor([[0.0, 2, 12, 13], [1, 1, 4, 5], [-9, -5, 0, -1]]), per))
+            per = torch.tensor([[-3.0, -1, 0, 2, 5, 7, 9, 11, 12], [0, 0, 1, 1, 2, 2, 3, 3, 4],
+                                [-9, -8, -7, -6, -5, -4, -3, -2, -1]])
+            xr = torch.tensor([[0.0, 2, 12, 13], [1, 1, 4, 5], [-9, -5, 0, -1]])
+            cases.append(self._case(spec, "rows_differ", xr, per))
             t = torch.arange(40, dtype=torch.float64).reshape(5, 8) % 9 - 3
             cases.append(self._case(spec, "strided_values", t.T, base[:1].expand(8, -1)))  # [8, 5] transposed
             x3 = (torch.arange(24, dtype=torch.float64).reshape(2, 3, 4) % 7) - 2
@@ -680,8 +690,8 @@ class BucketizeFamily(OpFamily):
             t = (torch.arange(35, dtype=torch.float64).reshape(5, 7) % 11) - 4
             cases.append(self._case(spec, "strided_values", t.T, base))  # a transposed [7, 5] view
             cases.append(self._case(spec, "zero_d_value", torch.tensor(2.0, dtype=torch.float64), base))
-            cases.append(self._case(spec, "values_3d", (torch.arange(30, dtype=torch.float64).reshape(2, 3, 5) % 13) - 5,
-                                    base))
+            x3 = (torch.arange(30, dtype=torch.float64).reshape(2, 3, 5) % 13) - 5
+            cases.append(self._case(spec, "values_3d", x3, base))
             cases.append(self._case(spec, "many_boundaries", torch.linspace(-10, 110, 53, dtype=torch.float64),
                                     torch.arange(0, min(max(g.bounds, 100), _COUNT_MAX), dtype=torch.float64)))
         if xd.is_floating_point:
@@ -689,14 +699,14 @@ class BucketizeFamily(OpFamily):
             cases.append(self._case(spec, "negative_zero", vals(-0.0, 0.0, -0.0, 1), seq(-1, -0.0, 0.0, 0.0, 1)))
         if bd.is_floating_point:
             # torch.sort order: -inf first, NaN last. The answer follows ATen's search path.
-            for name, sq in (("nan_boundaries", seq(-1, 0, 2, nan)), ("nan_boundaries_many", seq(-inf, 1, nan, nan, nan)),
+            for name, sq in (("nan_boundaries", seq(-1, 0, 2, nan)),
+                             ("nan_boundaries_many", seq(-inf, 1, nan, nan, nan)),
                              ("inf_boundaries", seq(-inf, -inf, 0, inf, inf))):
                 v = vals(-inf, -2, 0, 1, 2, 3, inf) if xd.is_floating_point else vals(-2, 0, 1, 2, 3, 100, -100)
                 cases.append(self._case(spec, name, v, sq))
         if g.common != xd or g.common != bd:  # values that round where the comparison happens
             big = {torch.float16: 2049.0, torch.bfloat16: 257.0, torch.float32: 16777217.0}.get(g.common)
-            if big is not None and not (bd.is_floating_point is False and big > torch.iinfo(bd).max) and \
-                    not (not xd.is_floating_point and big > torch.iinfo(xd).max):
+            if big is not None and all(d.is_floating_point or big <= torch.iinfo(d).max for d in (xd, bd)):
                 cases.append(self._case(spec, "promotion_rounding", vals(big, big - 1, big + 1, big + 2),
                                         seq(big - 1, big, big + 1, big + 3)))
         return cases
@@ -741,7 +751,7 @@ class BucketizeFamily(OpFamily):
             add("count", blk * bc, nw, BLOCK=blk, BC=bc, TILES=tiles)
 
         def smem(blk: int, tiles: int = 1, nw: int | None = None) -> None:
-            add("smem", blk, nw, BLOCK=blk, TILES=tiles)
+            add("smem", blk, nw or self._warps(max(blk, nb)), BLOCK=blk, TILES=tiles)
 
         def search(blk: int, nw: int | None = None) -> None:
             add("search", blk, nw, BLOCK=blk)
@@ -750,11 +760,11 @@ class BucketizeFamily(OpFamily):
         cblk = max(16, min(blk0, 4096 // bc0))
         if g.per_row:
             bk = max(1, min(_next_pow2(g.cols), 256))
-            br = max(1, min(_next_pow2(max(g.rows, 1)), _MAX_TILE // nb, 2048 // bk, 64))
+            br = max(1, min(_next_pow2(max(g.rows, 1)), _SMEM_MAX // nb, 1024 // bk, 64))
 
             def row(br_: int, bk_: int, nw: int | None = None) -> None:
-                if br_ * nb <= _MAX_TILE and br_ * bk_ <= _MAX_TILE:
-                    add("row", br_ * max(bk_, nb), nw, BLOCK_R=br_, BLOCK_K=bk_)
+                if br_ * nb <= _SMEM_MAX and br_ * bk_ <= 4096:
+                    add("row", br_ * max(bk_, nb), nw, BLOCK_R=br_, BLOCK_K=bk_)  # warps for the boundary tile
 
             row(br, bk)
             for br_ in (br * 2, max(1, br // 2), 1):

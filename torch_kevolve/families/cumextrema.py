@@ -33,8 +33,9 @@ Values are compared in fp32 for fp16/bf16 (exact), fp64, int32 (bool, uint8, int
 Templates (every plan writes every element of its outputs once):
 
 * ``tile``: one program per ``BLOCK_P`` lanes walks L in ``[BLOCK_P, BLOCK_L]`` tiles:
-  ``tl.associative_scan`` of (value, index) along the tile, combined with the lanes' running carry,
-  the carry then the tile's reduction. Short rows (many lanes per program) and strided scan dims.
+  ``tl.associative_scan`` of (value, index) along the tile, combined with the lanes' running carry;
+  the next carry is the scan's last column (``tl.gather``: a masked tail holds identities, which never
+  win). Short rows (many lanes per program) and strided scan dims.
 * ``rows``: one program per lane, 1-D ``BLOCK_L`` blocks with a scalar carry: long rows, many lanes.
 * ``chunked`` (three launches, reduce-then-scan): long rows with too few lanes to fill the device (the
   case Inductor falls back on). ``(chunk, lane block)`` programs reduce their ``BLOCK_L`` chunk into a
@@ -68,7 +69,9 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.in
 # KIND constexpr: the dtype values are compared and carried in.
 _KINDS = {torch.float32: 0, torch.float16: 0, torch.bfloat16: 0, torch.float64: 1, torch.int64: 3}  # else 2
 _KIND_DTYPE = {0: "float32", 1: "float64", 2: "int32", 3: "int64"}
-_MAX_TILE = 4096  # (value, index) pairs of one register tile: register pressure on sm_90
+# (value, index) pairs of one register tile (32-bit values; half for 64-bit): 4096 fp64 pairs spilled
+# on sm_90, 2048 int64 pairs used all 255 registers.
+_MAX_TILE = 2048
 _MAX_GRID_X = 2**31 - 1
 _MAX_GRID_Y = 65535
 _H100 = (132, 2048, 32, 9)  # SMs, threads per SM, warp, major: Inductor's split heuristic without a GPU
@@ -167,13 +170,20 @@ def _scan(v, idx, cv, ci, AXIS: tl.constexpr, MODE: tl.constexpr):
 
 
 @triton.jit
-def _total(v, idx, AXIS: tl.constexpr, MODE: tl.constexpr, KEEP: tl.constexpr):
-    \"\"\"The winning pair along AXIS (the scan's last element, whatever the reduction order).\"\"\"
+def _total(v, idx, AXIS: tl.constexpr, MODE: tl.constexpr):
+    \"\"\"The winning pair along AXIS (what a scan would end with, in any reduction order).\"\"\"
     if MODE == 0:
-        tv, ti = tl.reduce((v, idx), AXIS, _max_pair, keep_dims=KEEP)
+        tv, ti = tl.reduce((v, idx), AXIS, _max_pair)
     else:
-        tv, ti = tl.reduce((v, idx), AXIS, _min_pair, keep_dims=KEEP)
+        tv, ti = tl.reduce((v, idx), AXIS, _min_pair)
     return tv, ti
+
+
+@triton.jit
+def _last(sv, si, last, AXIS: tl.constexpr):
+    \"\"\"The scan's last column (``last`` = block - 1): the running total, also when the tile's tail is
+    masked (identities never win), kept with a size-1 AXIS as the next tile's carry.\"\"\"
+    return tl.gather(sv, last, AXIS), tl.gather(si, last, AXIS)
 
 
 @triton.jit
@@ -207,15 +217,16 @@ def cum_tile(''' + _SIGNATURE + '''
     p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
     pm = p < n_lanes
     x_row, out_row = _lanes(p, inner, n_len, stride_o, stride_i)
-    cv = _ident([BLOCK_P], MODE, KIND)
-    ci = tl.full([BLOCK_P], -1, tl.int32)
+    cv = _ident([BLOCK_P, 1], MODE, KIND)
+    ci = tl.full([BLOCK_P, 1], -1, tl.int32)
+    last = tl.full([BLOCK_P, 1], BLOCK_L - 1, tl.int32)
     ll = tl.arange(0, BLOCK_L)
     for l0 in range(0, n_len, BLOCK_L):
         l = l0 + ll
         m = pm[:, None] & (l < n_len)[None, :]
         v, idx = _load(x_ptr, x_row[:, None], l[None, :], m, stride_l, MODE, KIND)
-        sv, si = _scan(v, idx, cv[:, None], ci[:, None], 1, MODE)
-        cv, ci = _total(sv, si, 1, MODE, False)
+        sv, si = _scan(v, idx, cv, ci, 1, MODE)
+        cv, ci = _last(sv, si, last, 1)
         _store(v_ptr, i_ptr, out_row[:, None] + l.to(tl.int64)[None, :] * inner, sv, si, m, WRITE_V, WRITE_I)
 '''
 
@@ -230,13 +241,14 @@ def cum_rows(''' + _SIGNATURE + '''
     x_row, out_row = _lanes(p, inner, n_len, stride_o, stride_i)
     cv = _ident([1], MODE, KIND)
     ci = tl.full([1], -1, tl.int32)
+    last = tl.full([1], BLOCK_L - 1, tl.int32)
     ll = tl.arange(0, BLOCK_L)
     for l0 in range(0, n_len, BLOCK_L):
         l = l0 + ll
         m = l < n_len
         v, idx = _load(x_ptr, x_row, l, m, stride_l, MODE, KIND)
         sv, si = _scan(v, idx, cv, ci, 0, MODE)
-        cv, ci = _total(sv, si, 0, MODE, True)
+        cv, ci = _last(sv, si, last, 0)
         _store(v_ptr, i_ptr, out_row + l.to(tl.int64) * inner, sv, si, m, WRITE_V, WRITE_I)
 '''
 
@@ -254,7 +266,7 @@ def cum_chunk_reduce(''' + _SIGNATURE + '''
     l = c * BLOCK_L + tl.arange(0, BLOCK_L)
     m = pm[:, None] & (l < n_len)[None, :]
     v, idx = _load(x_ptr, x_row[:, None], l[None, :], m, stride_l, MODE, KIND)
-    tv, ti = _total(v, idx, 1, MODE, False)
+    tv, ti = _total(v, idx, 1, MODE)
     tl.store(wv_ptr + p * n_chunks + c, tv, mask=pm)
     tl.store(wi_ptr + p * n_chunks + c, ti, mask=pm)
 
@@ -267,8 +279,9 @@ def cum_chunk_carry(
     \"\"\"One program = BLOCK_P lanes: chunk totals -> running totals (inclusive scan over chunks), in place.\"\"\"
     p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
     pm = p < n_lanes
-    cv = _ident([BLOCK_P], MODE, KIND)
-    ci = tl.full([BLOCK_P], -1, tl.int32)
+    cv = _ident([BLOCK_P, 1], MODE, KIND)
+    ci = tl.full([BLOCK_P, 1], -1, tl.int32)
+    last = tl.full([BLOCK_P, 1], BLOCK_C - 1, tl.int32)
     cc = tl.arange(0, BLOCK_C)
     for c0 in range(0, n_chunks, BLOCK_C):
         c = c0 + cc
@@ -276,8 +289,8 @@ def cum_chunk_carry(
         off = p[:, None] * n_chunks + c[None, :]
         v = tl.where(m, tl.load(wv_ptr + off, mask=m), _ident(m.shape, MODE, KIND))
         idx = tl.where(m, tl.load(wi_ptr + off, mask=m), -1)
-        sv, si = _scan(v, idx, cv[:, None], ci[:, None], 1, MODE)
-        cv, ci = _total(sv, si, 1, MODE, False)
+        sv, si = _scan(v, idx, cv, ci, 1, MODE)
+        cv, ci = _last(sv, si, last, 1)
         tl.store(wv_ptr + off, sv, mask=m)
         tl.store(wi_ptr + off, si, mask=m)
 
@@ -620,6 +633,7 @@ class CumExtremaFamily(OpFamily):
         (x_sig,) = spec.args
         assert x_sig is not None
         dt = x_sig.torch_dtype
+        g = self.geom(spec)
         gen = torch.Generator().manual_seed(4321)
         nan, inf = math.nan, math.inf
         f = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
@@ -631,7 +645,10 @@ class CumExtremaFamily(OpFamily):
             self._case(spec, "zero_d", torch.tensor(3.0, dtype=torch.float64), 0),
             self._case(spec, "empty_scan", torch.empty(4, 0, dtype=torch.float64), 1),
             self._case(spec, "no_lanes", torch.empty(0, 5, dtype=torch.float64), 1),
-            self._case(spec, "long_rows", _random((2, 3001), torch.float64, gen), 1),
+            # longer than twice every block of the spec's candidates (<= max(2 * next_pow2(L), 16)):
+            # carries across several blocks / chunks
+            self._case(spec, "long_rows", _random((2, min(4 * max(_next_pow2(g.length), 16) + 1, 3001)),
+                                                  torch.float64, gen), 1),
             self._case(spec, "dim0_strided", _random((7, 13), torch.float64, gen).T, 0),  # [13, 7], strides (1, 13)
             self._case(spec, "middle_dim", _random((3, 17, 5), torch.float64, gen), 1),
             self._case(spec, "padded_rows", _random((5, 20), torch.float64, gen)[:, 3:14], 1),
@@ -667,38 +684,41 @@ class CumExtremaFamily(OpFamily):
 
     def candidates(self, spec: OpSpec) -> list[Candidate]:
         """~12-25 proposals. Default first: tiles for short scans, the chunked plan for long scans over
-        few lanes (fewer than ~2 per SM), one program per lane otherwise."""
+        few lanes (fewer than ~2 per SM), one program per lane otherwise. Interpreter specs get small
+        tiles (it runs a scan element by element, ~0.3 ms each)."""
         g = self.geom(spec)
         p, n = max(g.lanes, 1), max(g.length, 1)
         npow = _next_pow2(n)
-        bl0 = min(npow, 1024)
-        bp0 = max(1, min(_next_pow2(p), _MAX_TILE // bl0, 64))
+        gpu = spec.device.type == "cuda"
+        cap = (_MAX_TILE if g.kind in (0, 2) else _MAX_TILE // 2) if gpu else 256  # 64-bit pairs: half
+        long_l = 2048 if gpu else 64  # a "long" scan; the chunk length of the chunked plan
+        bl0 = min(npow, 1024 if gpu else 64)
+        bp0 = max(1, min(_next_pow2(p), cap // bl0, 64))
         out: list[tuple[str, dict[str, Any]]] = []
 
         def add(t: str, tile: int, nw: int | None = None, **cfg: Any) -> None:
-            if tile <= _MAX_TILE:
+            if tile <= cap:
                 out.append((t, dict(cfg, num_warps=nw or self._warps(tile), num_stages=1)))
 
         def tile(bp: int, bl: int, nw: int | None = None) -> None:
             add("tile", bp * bl, nw, BLOCK_P=bp, BLOCK_L=bl)
 
         def rows(bl: int, nw: int | None = None) -> None:
-            add("rows", bl, nw, BLOCK_L=bl)
+            add("rows", bl, nw, BLOCK_L=max(bl, 16))
 
-        def chunked(bp: int, bl: int, bc: int = 256, nw: int | None = None) -> None:
+        def chunked(bp: int, bl: int, bc: int = 256 if gpu else 16, nw: int | None = None) -> None:
             if _cdiv(p, bp) <= _MAX_GRID_Y:
-                add("chunked", bp * max(bl, bc), nw, BLOCK_P=bp, BLOCK_L=bl, BLOCK_C=bc)
+                add("chunked", bp * max(bl, bc), nw, BLOCK_P=bp, BLOCK_L=max(bl, 16), BLOCK_C=bc)
 
-        long_row = n > 2048
-        few_lanes = p < 256
-        if long_row and few_lanes:
-            chunked(1, 2048)
-        elif long_row:
-            rows(2048)
+        lb = min(long_l, cap)  # the default block of a long scan (64-bit pairs: half)
+        if n > long_l and p < 256:
+            chunked(1, lb)
+        elif n > long_l:
+            rows(lb)
         tile(bp0, bl0)
         for bl in (bl0 // 2, bl0 * 2, bl0 // 4):
             if 16 <= bl <= 2 * npow:
-                tile(max(1, min(_next_pow2(p), _MAX_TILE // bl, 64)), bl)
+                tile(max(1, min(_next_pow2(p), cap // bl, 64)), bl)
         for bp in (bp0 * 2, bp0 // 2):
             if 1 <= bp <= 2 * _next_pow2(p):
                 tile(bp, bl0)
@@ -706,14 +726,14 @@ class CumExtremaFamily(OpFamily):
         for nw in (nw0 * 2, nw0 // 2):
             if 1 <= nw <= 8:
                 tile(bp0, bl0, nw)
-        for bl in (min(npow, 2048), min(npow, 4096), min(npow, 512)):
-            rows(max(bl, 16))
-        rows(max(16, min(npow, 2048)), nw=4)
-        if n > 256:
-            for bp, bl in ((1, 2048), (1, 1024), (2, 1024), (1, 4096), (4, 512)):
+        for bl in (min(npow, lb), min(npow, 2 * lb), min(npow, lb // 4)):
+            rows(bl)
+        rows(min(npow, lb), nw=4)
+        if n > long_l // 8:
+            for bp, bl in ((1, lb), (1, lb // 2), (2, lb // 2), (1, 2 * lb), (4, lb // 4)):
                 if bl < 2 * npow:
                     chunked(bp, bl)
-            chunked(1, 2048, bc=64)
+            chunked(1, min(lb, npow), bc=64 if gpu else 8)
 
         seen: set = set()
         cands: list[Candidate] = []

@@ -69,6 +69,20 @@ Templates (every plan writes every output element):
   (``[BLOCK_N, BLOCK_M, BLOCK_D]`` tiles, or for row-index sum/mean a one-hot ``tl.dot``, ``USE_DOT``,
   with non-finite values counted apart since ``0 * inf`` is NaN). Exact for every reduction and
   deterministic, but O(N * M * K) work: offered only under ``_SCAN_BUDGET`` -- the only plan for ``prod``.
+* ``csr`` (row index, sum/mean, four or five launches, no float atomics): a counting sort of the index
+  into CSR form in the ``pre`` steps -- ``scatter_csr_hist`` (int32 atomic counts per row into a
+  zero-filled workspace, invalid rows skipped, index_put's negatives wrapped), a row-pointer scan
+  (``SCAN=1``: one program, ``tl.cumsum`` with a carried total; ``SCAN=2``: block sums then per-block
+  scans, as segment_reduce's lengths scan), ``scatter_csr_fill`` (``perm[rowptr[r] + slot] = m``, the slot
+  from an atomic countdown of the row's count) -- then ``scatter_csr_reduce``: one program per
+  ``BLOCK_N`` output rows x ``BLOCK_D`` columns (``D_LOOP``: all columns) walks its rows' CSR ranges in
+  lockstep, gathers the src rows through ``perm``, sums in fp32, reads ``self`` once and writes the
+  output once: the memory floor plus ~4 * (2N + M) bytes of int32 traffic a few times over. Offered
+  when that workspace is small against the floor (or small outright, so a spec's edge cases are
+  served too). Not bitwise deterministic: the fill's atomic slots order each row's src rows
+  arbitrarily, so the fp32 sum order varies from run to run (within the family tolerance, as the
+  atomic plans); a stable per-row rank would fix it. Rows with very many hits serialize their
+  program (the lockstep walk is as long as the block's longest row).
 
 Structural knobs of the atomic plans: tile shape ``BLOCK_M x BLOCK_D`` (and ``BLOCK_N`` for the copy /
 finalize), ``SEG_COMBINE`` (runs of equal consecutive indices in a tile are pre-reduced by a segmented
@@ -76,8 +90,10 @@ scan in fp32 and committed with one atomic per run: exact for any index, fewer a
 rounding on sorted or duplicate-heavy indices), ``D_LOOP`` (a program walks all columns: the index is
 read once), ``TILES`` (index tiles per program) and warps. Atomic sums are order-nondeterministic:
 they match the float64 reference within the family tolerance, not bit for bit. Sorted-index
-(segmented, atomic-free) kernels are not offered: sortedness is a property of the values, not of the
-spec, and a plan cannot cheaply check it before choosing.
+(segmented) kernels that trust the input order are not offered: sortedness is a property of the
+values, not of the spec, and a plan cannot cheaply check it before choosing (``csr`` sorts instead).
+Knobs of ``csr``: ``BLOCK_N``, ``BLOCK_D``, ``D_LOOP``, ``SCAN`` / ``SCAN_BLOCK``, ``CSR_BLOCK_M`` (indices
+per histogram / fill program), warps and stages.
 """
 from __future__ import annotations
 
@@ -110,6 +126,12 @@ _MAX_TILE = 8192  # fp32 elements of a register tile: keeps register pressure sa
 # H100; beyond it only the atomic template is offered.
 _SCAN_BUDGET = 1 << 28
 _MAX_GRID_Y = 65535
+# csr template: int32 row pointers / permutation (N, M below this), and its int32 workspace traffic
+# (~4 * (2N + M) bytes, read and written a few times) at most this fraction of the floor bytes.
+_CSR_MAX_ROWS = 2**31 - 8192 - 1
+_CSR_WS_FRACTION = 0.5
+_CSR_WS_ALWAYS = 1 << 20  # ... or at most this many bytes
+_CSR_SCAN1_MAX_STEPS = 8  # the one-program scan: at most this many SCAN_BLOCK steps
 
 # ------------------------------------------------------------------------------------------------
 # Kernel sources. Each template's source is a complete module; shared helpers are pasted into each
@@ -499,12 +521,140 @@ def scatter_scan(''' + _SIGNATURE + '''
              mask=nm[:, None] & dm[None, :])
 '''
 
+_CSR = '''
+
+@triton.jit
+def scatter_csr_hist(
+    idx_ptr, cnt_ptr, num_rows, num_idx, stride_im,
+    WRAP_NEG: tl.constexpr, CSR_BLOCK_M: tl.constexpr,
+):
+    \"\"\"CSR step 1: cnt[row(idx[m])] += 1 (int32 atomics; cnt zero-filled). Invalid rows skipped.\"\"\"
+    m = tl.program_id(0).to(tl.int64) * CSR_BLOCK_M + tl.arange(0, CSR_BLOCK_M)
+    mm = m < num_idx
+    r = _rows(tl.load(idx_ptr + m * stride_im, mask=mm, other=0), num_rows, WRAP_NEG)
+    ok = mm & (r >= 0) & (r < num_rows)
+    one = tl.full([CSR_BLOCK_M], 1, tl.int32)
+    tl.atomic_add(cnt_ptr + tl.where(ok, r, 0), one, mask=ok, sem="relaxed")
+
+
+@triton.jit
+def scatter_csr_scan(cnt_ptr, rowptr_ptr, num_rows, SCAN_BLOCK: tl.constexpr):
+    \"\"\"CSR step 2 (one program): rowptr[0..N] = exclusive prefix sums of cnt, SCAN_BLOCK rows per
+    step with the running total carried.\"\"\"
+    r = tl.arange(0, SCAN_BLOCK)
+    carry = tl.program_id(0) * 0
+    for s0 in range(0, num_rows, SCAN_BLOCK):
+        ss = s0 + r
+        m = ss < num_rows
+        c = tl.load(cnt_ptr + ss, mask=m, other=0)
+        tl.store(rowptr_ptr + ss + 1, carry + tl.cumsum(c, axis=0), mask=m)
+        carry += tl.sum(c, axis=0)
+    tl.store(rowptr_ptr, carry * 0)
+
+
+@triton.jit
+def scatter_csr_block_sums(cnt_ptr, sums_ptr, num_rows, SCAN_BLOCK: tl.constexpr):
+    \"\"\"CSR step 2, two-level scan (a): sums[b] = total count of row block b.\"\"\"
+    b = tl.program_id(0)
+    ss = b * SCAN_BLOCK + tl.arange(0, SCAN_BLOCK)
+    c = tl.load(cnt_ptr + ss, mask=ss < num_rows, other=0)
+    tl.store(sums_ptr + b, tl.sum(c, axis=0))
+
+
+@triton.jit
+def scatter_csr_block_scan(cnt_ptr, sums_ptr, rowptr_ptr, num_rows,
+                           SCAN_BLOCK: tl.constexpr, BLOCK_B: tl.constexpr):
+    \"\"\"CSR step 2, two-level scan (b): block b's rowptr = sum(sums[:b]) + its own inclusive cumsum,
+    one slot ahead; rowptr[0] = 0 by the lane holding row 0.\"\"\"
+    b = tl.program_id(0)
+    rb = tl.arange(0, BLOCK_B)
+    acc = tl.zeros([BLOCK_B], dtype=tl.int32)
+    for b0 in range(0, b, BLOCK_B):
+        bb = b0 + rb
+        acc += tl.load(sums_ptr + bb, mask=bb < b, other=0)
+    carry = tl.sum(acc, axis=0)
+    ss = b * SCAN_BLOCK + tl.arange(0, SCAN_BLOCK)
+    m = ss < num_rows
+    c = tl.load(cnt_ptr + ss, mask=m, other=0)
+    tl.store(rowptr_ptr + ss + 1, carry + tl.cumsum(c, axis=0), mask=m)
+    tl.store(rowptr_ptr + ss * 0, c * 0, mask=ss == 0)
+
+
+@triton.jit
+def scatter_csr_fill(
+    idx_ptr, cnt_ptr, rowptr_ptr, perm_ptr, num_rows, num_idx, stride_im,
+    WRAP_NEG: tl.constexpr, CSR_BLOCK_M: tl.constexpr,
+):
+    \"\"\"CSR step 3: perm[rowptr[r] + slot] = m, the slot taken by an atomic countdown of cnt[r]
+    (cnt ends all zero). Slots within a row are in atomic order: the set is exact, its order not.\"\"\"
+    m = tl.program_id(0).to(tl.int64) * CSR_BLOCK_M + tl.arange(0, CSR_BLOCK_M)
+    mm = m < num_idx
+    r = _rows(tl.load(idx_ptr + m * stride_im, mask=mm, other=0), num_rows, WRAP_NEG)
+    ok = mm & (r >= 0) & (r < num_rows)
+    rr = tl.where(ok, r, 0)
+    minus = tl.full([CSR_BLOCK_M], -1, tl.int32)
+    left = tl.atomic_add(cnt_ptr + rr, minus, mask=ok, sem="relaxed")
+    start = tl.load(rowptr_ptr + rr, mask=ok, other=0)
+    slot = tl.where(ok, start + left - 1, 0)
+    tl.store(perm_ptr + slot, m.to(tl.int32), mask=ok)
+
+
+@triton.jit
+def scatter_csr_reduce(
+    x_ptr, perm_ptr, rowptr_ptr, src_ptr, out_ptr,
+    num_rows, num_cols, idx_cols,
+    stride_xn, stride_xd, stride_sm, stride_sk, stride_on, stride_od,
+    REDUCE: tl.constexpr, INCLUDE_SELF: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D_LOOP: tl.constexpr,
+):
+    \"\"\"CSR main step, atomic-free: one program = BLOCK_N output rows x one BLOCK_D column slice
+    (D_LOOP: all columns). Rows advance in lockstep over their CSR ranges (as long as the block's
+    longest), gathering src rows through perm and summing in fp32; self is read once and the
+    output written once. Rows (and columns past idx_cols) nothing hits keep self exactly.\"\"\"
+    n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    nm = n < num_rows
+    start = tl.load(rowptr_ptr + n, mask=nm, other=0)
+    cnt = tl.load(rowptr_ptr + n + 1, mask=nm, other=0) - start
+    longest = tl.max(cnt, axis=0)''' + _D_RANGE + '''
+    for d0 in range(d_lo, d_hi, BLOCK_D):
+        d = (d0 + tl.arange(0, BLOCK_D)).to(tl.int64)
+        dm = d < num_cols
+        dk = d < idx_cols
+        acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        for j in range(0, longest):
+            has = j < cnt
+            mi = tl.load(perm_ptr + start + j, mask=has, other=0).to(tl.int64)
+            s = tl.load(src_ptr + mi[:, None] * stride_sm + d[None, :] * stride_sk,
+                        mask=has[:, None] & dk[None, :], other=0.0)
+            acc += s.to(tl.float32)
+        mask = nm[:, None] & dm[None, :]
+        x = tl.load(x_ptr + n[:, None] * stride_xn + d[None, :] * stride_xd, mask=mask)
+        xf = x.to(tl.float32)
+        if REDUCE == 2:
+            if INCLUDE_SELF:
+                res = (xf + acc) / (cnt + 1).to(tl.float32)[:, None]
+            else:
+                res = acc / tl.maximum(cnt, 1).to(tl.float32)[:, None]
+        elif INCLUDE_SELF:
+            res = xf + acc
+        else:
+            res = acc
+        hit = (cnt > 0)[:, None] & dk[None, :]
+        res = tl.where(hit, res, xf)  # fp16/bf16 -> fp32 -> back is exact for the kept self
+        tl.store(out_ptr + n[:, None] * stride_on + d[None, :] * stride_od, res.to(out_ptr.dtype.element_ty),
+                 mask=mask)
+'''
+
+CSR_SOURCE = _HEADER + _COMMON + _CSR
+
+
 TEMPLATES: dict[str, tuple[str, str]] = {
     # template name -> (main kernel name, source)
     "copy_atomic": ("scatter_src", COPY_ATOMIC_SOURCE),
     "atomic": ("scatter_atomic", ATOMIC_SOURCE),
     "ws_fp32": ("scatter_finalize", WS_SOURCE),
     "scan": ("scatter_scan", SCAN_SOURCE),
+    "csr": ("scatter_csr_reduce", CSR_SOURCE),
 }
 
 
@@ -714,6 +864,30 @@ class ScatterFamily(OpFamily):
         return reduce in ("amax", "amin") and x.dtype == "float32"
 
     @classmethod
+    def csr_ok(cls, spec: OpSpec) -> bool:
+        """The csr template: a row index, sum or mean, int32-addressable N and M, and its int32
+        workspace (counts, row pointers, permutation) small against the data the op moves."""
+        g = cls.geom(spec)
+        x_sig, i_sig, _ = spec.args
+        assert x_sig is not None and i_sig is not None
+        if not g.row or spec.const("reduce") not in ("sum", "mean") or max(g.n, g.m) >= _CSR_MAX_ROWS:
+            return False
+        e, ei = _elem_size(x_sig.dtype), _elem_size(i_sig.dtype)
+        floor = 2 * g.n * g.d * e + g.m * ei + g.m * g.k * e
+        # small problems (edge cases of a large spec included) are always served
+        return 4 * (2 * g.n + g.m + 1) <= max(_CSR_WS_FRACTION * floor, _CSR_WS_ALWAYS)
+
+    @staticmethod
+    def _csr_scan(n: int, kind: int = 0) -> tuple[int, int]:
+        """(SCAN, SCAN_BLOCK) for the csr row-pointer scan over n counts: kind 1 the one-program scan
+        (few steps), 2 the two-level scan (<= 2048 blocks); 0 picks by n."""
+        if kind == 0:
+            kind = 1 if n <= _CSR_SCAN1_MAX_STEPS * 4096 else 2
+        if kind == 1:
+            return 1, min(max(_next_pow2(max(n, 1)), 64), 4096)
+        return 2, min(max(_next_pow2(_cdiv(max(n, 1), 2048)), 1024), 8192)
+
+    @classmethod
     def templates_for(cls, spec: OpSpec) -> list[str]:
         """Templates that can serve ``spec`` (see the module docstring for why each has its limits)."""
         reduce, incl = spec.const("reduce"), bool(spec.const("include_self"))
@@ -723,6 +897,7 @@ class ScatterFamily(OpFamily):
             "atomic": reduce in _FILL and incl and cls.atomics_in_dtype(spec),
             "ws_fp32": reduce != "prod",
             "scan": g.n * g.m * g.k <= _SCAN_BUDGET,
+            "csr": cls.csr_ok(spec),
         }
         return [t for t in TEMPLATES if ok[t]]
 
@@ -1000,8 +1175,9 @@ class ScatterFamily(OpFamily):
         return max(1, min(8, _next_pow2(max(tile // 512, 1))))
 
     def candidates(self, spec: OpSpec) -> list[Candidate]:
-        """~15-35 proposals: the atomic templates' tiles and knobs, then scan tiles. Default first:
-        scan for small problems (one launch, no atomics), else copy_atomic, else ws_fp32."""
+        """~15-40 proposals: the atomic templates' tiles and knobs, then scan tiles. Default first:
+        scan for small problems (one launch, no atomics), else copy_atomic, else ws_fp32; the csr
+        variants (where offered) right after it."""
         g = self.geom(spec)
         reduce = str(spec.const("reduce"))
         templates = self.templates_for(spec)
@@ -1027,6 +1203,32 @@ class ScatterFamily(OpFamily):
             if "scan" in templates and tile <= _MAX_TILE and (not dot or min(bn, bm, bd) >= 16):
                 out.append(("scan", dict(BLOCK_N=bn, BLOCK_M=bm, BLOCK_D=bd, USE_DOT=dot,
                                          num_warps=nw or self._warps(tile), num_stages=stages)))
+
+        # csr (counting sort of the row index, then an atomic-free gather-reduce at the memory floor):
+        # placed right after the default below, so the search meets it early
+        csr_out: list[tuple[str, dict[str, Any]]] = []
+        scan_kind, _ = self._csr_scan(n)
+        cbm = max(16, min(_next_pow2(m), 1024))
+
+        def csr(bn: int, bd: int, dloop: bool = False, nw: int | None = None, scan: int = 0, stages: int = 2) -> None:
+            if "csr" not in templates or bn * bd > _MAX_TILE or bn < 1:
+                return
+            kind, sblk = self._csr_scan(n, scan or scan_kind)
+            csr_out.append(("csr", dict(BLOCK_N=bn, BLOCK_D=bd, D_LOOP=dloop, SCAN=kind, SCAN_BLOCK=sblk,
+                                        CSR_BLOCK_M=cbm, num_warps=nw or self._warps(bn * bd), num_stages=stages)))
+
+        cbd = bd0
+        cbn = max(1, min(_next_pow2(n), 4096 // cbd, 32))
+        csr(cbn, cbd)
+        csr(max(1, cbn // 2), cbd)
+        if cbn * 2 <= _next_pow2(n):
+            csr(cbn * 2, cbd)
+        if cbd >= 64:
+            csr(max(1, min(_next_pow2(n), 4096 // (cbd // 2))), cbd // 2)
+        if d > cbd // 2 and cbd >= 32:
+            csr(cbn, cbd // 2, dloop=True)
+        csr(cbn, cbd, scan=3 - scan_kind)
+        csr(cbn, cbd, stages=1, nw=max(1, self._warps(cbn * cbd) // 2))
 
         sbn = max(1, min(_next_pow2(n), 16))
         sbd = max(1, min(_next_pow2(d), 32))
@@ -1090,6 +1292,7 @@ class ScatterFamily(OpFamily):
             scan(max(16, min(_next_pow2(n), 32)), 64, dbd, dot=True)
             scan(16, 32, max(16, min(_next_pow2(d), 128)), dot=True, nw=4)
 
+        out = out[:1] + csr_out + out[1:]
         seen: set = set()
         cands: list[Candidate] = []
         for template, cfg in out:
@@ -1131,7 +1334,52 @@ class ScatterFamily(OpFamily):
         pre: tuple[Step, ...] = ()
         workspace: tuple[OutBuf, ...] = ()
 
-        if template == "scan":
+        if template == "csr":
+            bn, dloop = int(cfg["BLOCK_N"]), bool(cfg["D_LOOP"])
+            scan, sblk, cbm = int(cfg["SCAN"]), int(cfg["SCAN_BLOCK"]), int(cfg["CSR_BLOCK_M"])
+            if scan not in (1, 2):
+                raise ValueError(f"SCAN={scan} is not a scan kind (1, 2)")
+            for k, v, lo, hi in (("SCAN_BLOCK", sblk, 16, 8192), ("CSR_BLOCK_M", cbm, 16, 8192)):
+                if v < lo or v & (v - 1) or v > hi:
+                    raise ValueError(f"{k}={v} is not a power of two in [{lo}, {hi}]")
+            # workspace: per-row counts (zeroed; the fill counts them back down to zero), row pointers
+            # [N + 1], the permutation [M] (index positions grouped by row), scan block sums
+            workspace = (OutBuf((max(g.n, 1),), "int32", fill=0), OutBuf((g.n + 1,), "int32"),
+                         OutBuf((max(g.m, 1),), "int32"))
+            idx_progs = _cdiv(g.m, cbm)
+            idx_geo: list[tuple[str, Any]] = [("num_rows", g.n), ("num_idx", g.m), ("stride_im", g.idx_s[0])]
+            hist = Step("scatter_csr_hist", (idx_progs,), tuple(
+                [("idx_ptr", In(1)), ("cnt_ptr", Ws(0))] + idx_geo + [("WRAP_NEG", g.wrap), ("CSR_BLOCK_M", cbm)]
+            ), 4, 1)
+            swarps = 8 if sblk >= 2048 else 4
+            if scan == 1:
+                scans: tuple[Step, ...] = (Step("scatter_csr_scan", (1,), (
+                    ("cnt_ptr", Ws(0)), ("rowptr_ptr", Ws(1)), ("num_rows", g.n), ("SCAN_BLOCK", sblk),
+                ), swarps, 3),)
+            else:
+                nblk = max(1, _cdiv(g.n, sblk))  # >= 1 program: block 0 writes rowptr[0] even for N = 0
+                workspace += (OutBuf((nblk,), "int32"),)
+                scans = (
+                    Step("scatter_csr_block_sums", (nblk,), (
+                        ("cnt_ptr", Ws(0)), ("sums_ptr", Ws(3)), ("num_rows", g.n), ("SCAN_BLOCK", sblk),
+                    ), swarps, 1),
+                    Step("scatter_csr_block_scan", (nblk,), (
+                        ("cnt_ptr", Ws(0)), ("sums_ptr", Ws(3)), ("rowptr_ptr", Ws(1)), ("num_rows", g.n),
+                        ("SCAN_BLOCK", sblk), ("BLOCK_B", min(max(_next_pow2(nblk), 16), 1024)),
+                    ), swarps, 1),
+                )
+            fill = Step("scatter_csr_fill", (idx_progs,), tuple(
+                [("idx_ptr", In(1)), ("cnt_ptr", Ws(0)), ("rowptr_ptr", Ws(1)), ("perm_ptr", Ws(2))] + idx_geo
+                + [("WRAP_NEG", g.wrap), ("CSR_BLOCK_M", cbm)]
+            ), 4, 1)
+            pre = (hist, *scans, fill)
+            main = Step("scatter_csr_reduce", (_cdiv(g.n, bn), 1 if dloop else nd), tuple(
+                [("x_ptr", In(0)), ("perm_ptr", Ws(2)), ("rowptr_ptr", Ws(1)), ("src_ptr", In(2)), ("out_ptr", Out(0)),
+                 ("num_rows", g.n), ("num_cols", g.d), ("idx_cols", g.k)] + x_strides
+                + [("stride_sm", g.src_s[0]), ("stride_sk", g.src_s[1])] + out_strides
+                + [("REDUCE", rc), ("INCLUDE_SELF", incl), ("BLOCK_N", bn), ("BLOCK_D", bd), ("D_LOOP", dloop)]
+            ), nw, ns)
+        elif template == "scan":
             dot = bool(cfg["USE_DOT"])
             bn, bm = int(cfg["BLOCK_N"]), int(cfg["BLOCK_M"])
             if dot and (not g.row or reduce not in ("sum", "mean") or min(bn, bm, bd) < 16):

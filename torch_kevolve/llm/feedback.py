@@ -54,7 +54,7 @@ class Feedback:
     @staticmethod
     def of_result(r: "ScoredResult", baseline_ms: float | None = None) -> "Feedback":
         d = r.diagnostics
-        return Feedback(stage=d.stage if not r.ok or d.stage != "ok" else "ok", error=d.error or "",
+        return Feedback(stage="ok" if r.ok else (d.stage if d.stage != "ok" else "verify"), error=d.error or "",
                         case=d.case or "", max_abs_err=d.max_abs_err, max_rel_err=d.max_rel_err, where=d.where,
                         cases_checked=d.cases_checked, time_ms=r.time_ms, baseline_ms=baseline_ms,
                         profile=dict(d.profile or {}), summary=d.summary())
@@ -90,7 +90,8 @@ class Feedback:
             lines.append(f"- failed at stage: {self.stage}" + (f" (input set `{self.case}`)" if self.case else ""))
             if self.max_abs_err is not None:
                 rel = f", max rel err {self.max_rel_err:.3g}" if self.max_rel_err is not None else ""
-                lines.append(f"- error size: max abs err {self.max_abs_err:.3g}{rel}, first bad element at {self.where}")
+                lines.append(f"- error size: max abs err {self.max_abs_err:.3g}{rel}, "
+                             f"first bad element at {self.where}")
             if self.error:
                 err = self.error.strip()
                 if len(err) > max_error_chars:
@@ -137,6 +138,8 @@ def knowledge_query(fb: Feedback | None, family: str = "", op: str = "", extra: 
             q += ["compile error", "triton", *_error_words(fb.error)]
         elif st == "plan":
             q += ["constexpr", "config", "block size", "launch contract"]
+        elif st == "verify" and re.search(r"(Compilation|Interpreter|Name|Type|Attribute|Value)Error", fb.error):
+            q += ["compile error", "triton", *_error_words(fb.error)]  # under the interpreter, compiling is running
         elif st == "verify":
             q += ["wrong result", "mask", "boundary", "edge case", "int64", "overflow", "precision"]
             if fb.case:

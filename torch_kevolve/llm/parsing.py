@@ -72,7 +72,9 @@ def _sig(fn: ast.FunctionDef) -> KernelSig:
 def _what(v: Any, spec: "OpSpec") -> str:
     if isinstance(v, In):
         sig = spec.args[v.i] if v.i < len(spec.args) else None
-        return f"input {v.i}" + (f" ({sig.dtype}{list(sig.shape)}, strides {list(sig.stride)})" if sig is not None else "")
+        if sig is None:
+            return f"input {v.i}"
+        return f"input {v.i} ({sig.dtype}{list(sig.shape)}, strides {list(sig.stride)})"
     if isinstance(v, Out):
         return f"output buffer {v.j}"
     if isinstance(v, Ws):
@@ -93,8 +95,9 @@ def extract_contract(family: "OpFamily", spec: "OpSpec", cand: Candidate) -> Con
     bindings = tuple((st.kernel, name, _what(v, spec)) for st in plan.steps for name, v in st.args)
     grids = tuple((st.kernel, tuple(st.grid)) for st in plan.steps)
     launch = tuple((st.kernel, st.num_warps, st.num_stages) for st in plan.steps)
-    outs = tuple(f"output {j}: {o.dtype}{list(o.shape)}" + ("" if o.fill is None else f" pre-filled with {o.fill}")
-                 + ("" if o.fill is not None else " (uninitialized: write every element)") for j, o in enumerate(plan.outputs))
+    outs = tuple(f"output {j}: {o.dtype}{list(o.shape)}"
+                 + (" (uninitialized: write every element)" if o.fill is None else f" pre-filled with {o.fill}")
+                 for j, o in enumerate(plan.outputs))
     ws = tuple(f"workspace {k}: {o.dtype}{list(o.shape)}" for k, o in enumerate(plan.workspace))
     return Contract(cand.template, kernels, bindings, grids, launch, cand.config, outs, ws)
 
@@ -198,7 +201,8 @@ def _coerce(key: str, new: Any, old: Any) -> tuple[Any, str]:
     return None, f"config `{key}` must be a {type(old).__name__} like the template's {old!r}, got {new!r}"
 
 
-def merge_config(base: tuple[tuple[str, Any], ...], given: dict[str, Any] | None) -> tuple[dict[str, Any], str, list[str]]:
+def merge_config(base: tuple[tuple[str, Any], ...], given: dict[str, Any] | None
+                 ) -> tuple[dict[str, Any], str, list[str]]:
     """The template's config with the reply's values for its keys; other keys are dropped with a note."""
     cfg = dict(base)
     notes: list[str] = []
@@ -246,7 +250,8 @@ def to_candidate(parsed: ParsedReply, template: Candidate, model: str) -> Candid
     """A parsed reply as a Candidate of the template it rewrites (same knobs, same order)."""
     order = [k for k, _ in template.config]
     config = tuple((k, parsed.config[k]) for k in order if k in parsed.config)
-    return Candidate(source=parsed.source, config=config, origin=f"llm:{model or 'unknown'}", template=template.template)
+    return Candidate(source=parsed.source, config=config, origin=f"llm:{model or 'unknown'}",
+                     template=template.template)
 
 
 __all__ = ["KernelSig", "Contract", "ParsedReply", "extract_contract", "check_contract", "extract_code",

@@ -143,7 +143,8 @@ def section_contract(ctx: PromptContext) -> str:
             lines.append(f"  - `{name}` {what}" if len(c.kernels) > 1 else f"- `{name}` {what}")
     for kernel, grid in c.grids:
         warps = next(((w, s) for kk, w, s in c.launch if kk == kernel), None)
-        lines.append(f"Launch of `{kernel}`: grid {grid}" + (f", num_warps={warps[0]}, num_stages={warps[1]}" if warps else ""))
+        opts = f", num_warps={warps[0]}, num_stages={warps[1]}" if warps else ""
+        lines.append(f"Launch of `{kernel}`: grid {grid}{opts}")
     lines += [f"- {o}" for o in (*c.outputs, *c.workspace)]
     if c.config:
         lines.append("The grid and the launch options above are computed from the config "

@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("torch_kevolve")
 
 
+def _result_label(r: Any) -> str:
+    c = r.candidate
+    return f"{c.template}[{' '.join(f'{a}={b}' for a, b in c.config)}] ({c.origin})"
+
+
 def _kind(reason: str) -> str:
     """A rejection's category, for counting: static check, contract, call plan, or parse."""
     if reason.startswith("the static check"):
@@ -151,7 +156,12 @@ class LLMSynthesizer:
         if kb is None or self.n_passages <= 0:
             return []
         extra = [template.replace("_", " "), spec.device.name if spec.device.type == "cuda" else "interpreter"]
-        return kb.search(knowledge_query(fb, family.name, spec.op, extra), k=self.n_passages)
+        out = kb.search(knowledge_query(fb, family.name, spec.op, extra), k=self.n_passages)
+        if spec.device.type == "cuda":  # one slot for the device's own facts when the query did not reach them
+            dev = kb.search(f"{spec.device.name} {spec.device.arch} hardware", k=1, exclude=[p.id for p in out])
+            if dev and not any("hardware" in p.tags for p in out):
+                out = [*out[: self.n_passages - 1], dev[0]]
+        return out
 
     def _store_examples(self, family: OpFamily, spec: OpSpec, exclude: Sequence[str]) -> list[tuple[str, Candidate]]:
         """Best stored kernels of the same family (same op first, then by speedup), not the parents."""
@@ -176,8 +186,9 @@ class LLMSynthesizer:
                 continue
             seen.add(e.candidate.source)
             sp = (e.meta or {}).get("speedup")
+            timed = isinstance(sp, (int, float)) and e.spec.device.type == "cuda"  # interpreter times mean nothing
             desc = (f"Stored kernel for `{e.spec.describe()}` (template {e.candidate.template or '?'}, "
-                    f"{e.candidate.origin}" + (f", {sp:.2f}x" if isinstance(sp, (int, float)) and e.spec.device.type == "cuda" else "")
+                    f"{e.candidate.origin}" + (f", {sp:.2f}x" if timed else "")
                     + f"), config {dict(e.candidate.config)}")
             out.append((desc, e.candidate))
             if len(out) >= self.n_examples:
@@ -229,14 +240,18 @@ class LLMSynthesizer:
                 except Exception as e:  # noqa: BLE001 - the host cannot launch it: the model should know
                     why = f"the call plan rejects the config: {type(e).__name__}: {e}"
             if not why:
-                prop.ok, prop.candidate, prop.notes = True, cand, parsed.notes
+                if prop.reason:  # the retry fixed it: keep what was wrong as a note
+                    parsed.notes.insert(0, f"accepted after feedback on: {prop.reason.splitlines()[0]}")
+                prop.ok, prop.candidate, prop.notes, prop.reason = True, cand, parsed.notes, ""
                 return prop
             prop.reason = f"{_kind(why)}: {why}"
             if turn < self.parse_retries:
-                msgs = [*msgs, {"role": "assistant", "content": reply.text}, {"role": "user", "content": retry_message(why)}]
+                msgs = [*msgs, {"role": "assistant", "content": reply.text},
+                        {"role": "user", "content": retry_message(why)}]
         return prop
 
-    def _run(self, family: OpFamily, spec: OpSpec, asks: list[_Ask], taken: Callable[[Candidate], bool]) -> list[Candidate]:
+    def _run(self, family: OpFamily, spec: OpSpec, asks: list[_Ask], taken: Callable[[Candidate], bool]
+             ) -> list[Candidate]:
         if not asks:
             return []
         workers = max(1, min(len(asks), self.transport.config.concurrency))
@@ -247,7 +262,8 @@ class LLMSynthesizer:
                 props = list(ex.map(lambda a: self._ask(family, spec, a), asks))
         out: list[Candidate] = []
         for p in props:
-            if p.ok and p.candidate is not None and (taken(p.candidate) or any(ident(p.candidate) == ident(c) for c in out)):
+            dup = p.candidate is not None and (taken(p.candidate) or any(ident(p.candidate) == ident(c) for c in out))
+            if p.ok and dup:
                 p.ok, p.reason = False, "duplicate: the reply is a kernel and config already tried"
             if p.ok and p.candidate is not None:
                 out.append(p.candidate)
@@ -365,7 +381,8 @@ class LLMSynthesizer:
         self._calls += 1
         results = [r for r in history if hasattr(r, "candidate") and hasattr(r, "diagnostics")]
         self.observe(results)  # type: ignore[arg-type]
-        tried = {ident(getattr(r, "candidate", r)) for r in history if isinstance(getattr(r, "candidate", r), Candidate)}
+        cands = [getattr(r, "candidate", r) for r in history]
+        tried = {ident(c) for c in cands if isinstance(c, Candidate)}
         if not results:  # the first batch: templates first (a verified baseline), then the model
             seeds = self.fallback.propose(family, spec, history, min(k, max(self.seed_templates, 0)))
             tried |= {ident(c) for c in seeds}
@@ -375,8 +392,7 @@ class LLMSynthesizer:
         if want <= 0 or self.transport.exhausted():
             return seeds + (self.fallback.propose(family, spec, [*history, *seeds], want) if want > 0 else [])
         base = None
-        lines = [(f"{r.candidate.template}[{', '.join(f'{a}={b}' for a, b in r.candidate.config)}] ({r.candidate.origin})",
-                  Feedback.of_result(r)) for r in results][-24:]  # type: ignore[attr-defined]
+        lines = [(_result_label(r), Feedback.of_result(r)) for r in results][-24:]
         ok = [r for r in results if getattr(r, "ok", False) and getattr(r, "time_ms", None) is not None]
         if ok:
             base = min(ok, key=lambda r: r.time_ms)  # type: ignore[attr-defined]
@@ -385,9 +401,10 @@ class LLMSynthesizer:
         starts = self._start_templates(family, spec, want)
         for i in range(want):
             if base is not None:
-                ctx = self._context(family, spec, "propose", base.candidate, parent=base.candidate,  # type: ignore[attr-defined]
-                                    parent_fb=Feedback.of_result(base), history=lines, variant=(i, want))
-                asks.append(_Ask(f"{tag}.{i}", "propose", None, ctx, base.candidate))  # type: ignore[attr-defined]
+                best: Candidate = base.candidate  # type: ignore[attr-defined]
+                ctx = self._context(family, spec, "propose", best, parent=best, parent_fb=Feedback.of_result(base),
+                                    history=lines, variant=(i, want))
+                asks.append(_Ask(f"{tag}.{i}", "propose", None, ctx, best))
             elif starts:
                 ctx = self._context(family, spec, "restart", starts[i], history=lines, variant=(i, want))
                 asks.append(_Ask(f"{tag}.{i}", "restart", None, ctx, starts[i]))
@@ -419,9 +436,9 @@ def make_synthesizer(settings: "Settings", store: "KernelStore | None" = None) -
             info_once("kevolve: no LLM endpoint configured (KEVOLVE_LLM_BASE_URL / OPENAI_BASE_URL); "
                       "searching with the template synthesizer")
         return TemplateSynthesizer()
-    try:
-        import openai  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("openai") is None:
         warn_once("kevolve: an LLM endpoint is configured but the `openai` package is not installed; "
                   "searching with the template synthesizer")
         return TemplateSynthesizer()

@@ -16,7 +16,7 @@ from ..families.base import Candidate, OpFamily
 from ..spec import OpSpec
 from .evaluate import Evaluator, ScoredResult, Timer
 from .strategies import Budget, EvaluateBatch, SearchOutcome, finalize, get_strategy
-from .synth import Synthesizer, TemplateSynthesizer
+from .synth import Synthesizer
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -163,8 +163,15 @@ def search_spec(
         baseline = evaluator.baseline_ms(kind)
     strategy = get_strategy(settings.search)
     budget = settings_budget(settings, on_cpu)
+    if synth is None:
+        from ..llm.synthesizer import make_synthesizer
+
+        synth = make_synthesizer(settings)  # templates unless an LLM endpoint is configured (settings.synthesizer)
+    watch = getattr(synth, "watch", None)
+    if callable(watch):  # the LLM synthesizer reads the full diagnostics of what it proposed
+        evaluate_batch = watch(evaluate_batch)
     outcome = strategy(
-        family, spec, synth or TemplateSynthesizer(), evaluate_batch, budget, settings.search_seed,
+        family, spec, synth, evaluate_batch, budget, settings.search_seed,
         baseline_ms=baseline,  # before the search: MCTS rewards are speedups over it
     )
     outcome.baseline_kind = kind
@@ -192,6 +199,7 @@ def search_spec(
         "evidence": {**best.evidence, "checks": best.diagnostics.cases_checked},
         "profile": best.diagnostics.profile,
         "proposer": best.candidate.origin,
+        **({"llm": synth.summary()} if callable(getattr(synth, "summary", None)) else {}),
         "search": {
             "strategy": outcome.strategy,
             "evaluated": len(outcome.results),
