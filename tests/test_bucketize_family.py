@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from family_helpers import firsts, pick, with_cfg  # noqa: E402
 
 from torch_kevolve import families as _families
 
@@ -75,26 +76,10 @@ def check(spec: OpSpec, cand: Candidate, inputs: list, what: str = "") -> None:
     assert_exact(out, eager, f"{what} {cand.template} {cand.cfg}")
 
 
-def firsts(cands: list[Candidate]) -> dict[str, Candidate]:
-    out: dict[str, Candidate] = {}
-    for c in cands:
-        out.setdefault(c.template, c)
-    return out
 
 
-def pick(cands: list[Candidate], rotate: int) -> list[Candidate]:
-    """Per template its first proposal plus one more chosen by ``rotate``."""
-    out = list(firsts(cands).values())
-    rest = [c for c in cands if c not in out]
-    if rest:
-        out.append(rest[rotate % len(rest)])
-    return out
 
 
-def with_cfg(cand: Candidate, **over: Any) -> Candidate:
-    cfg = dict(cand.config)
-    cfg.update(over)
-    return dataclasses.replace(cand, config=tuple(sorted(cfg.items())))
 
 
 def template_cand(spec: OpSpec, template: str, **over: Any) -> Candidate:

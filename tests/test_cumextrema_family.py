@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from family_helpers import firsts, with_cfg  # noqa: E402
 
 from torch_kevolve import families as _families
 
@@ -80,17 +81,8 @@ def check(spec: OpSpec, cand: Candidate, inputs: list, what: str = "") -> None:
         assert_exact(o, e, f"{what} output {j}: {cand.template} {cand.cfg}")
 
 
-def firsts(cands: list[Candidate]) -> dict[str, Candidate]:
-    out: dict[str, Candidate] = {}
-    for c in cands:
-        out.setdefault(c.template, c)
-    return out
 
 
-def with_cfg(cand: Candidate, **over: Any) -> Candidate:
-    cfg = dict(cand.config)
-    cfg.update(over)
-    return dataclasses.replace(cand, config=tuple(sorted(cfg.items())))
 
 
 def template_cands(spec: OpSpec) -> dict[str, Candidate]:

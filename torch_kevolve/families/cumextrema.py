@@ -56,6 +56,7 @@ from ..spec import DeviceSig, OpSpec, TensorSig, software_versions
 from . import register
 from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip, Step, Ws
 from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2
+from .util import unique_candidates
 from .util import meta_val, node_kwargs
 from .util import strided as _strided
 
@@ -735,15 +736,7 @@ class CumExtremaFamily(OpFamily):
                     chunked(bp, bl)
             chunked(1, min(lb, npow), bc=64 if gpu else 8)
 
-        seen: set = set()
-        cands: list[Candidate] = []
-        for template, cfg in out:
-            config = tuple(sorted(cfg.items()))
-            if (template, config) in seen:
-                continue
-            seen.add((template, config))
-            cands.append(Candidate(source=TEMPLATES[template][1], config=config, origin="template", template=template))
-        return cands
+        return unique_candidates(out, lambda t: TEMPLATES[t][1])
 
     def call_plan(self, spec: OpSpec, cand: Candidate) -> CallPlan:
         (x_sig,) = spec.args

@@ -83,6 +83,7 @@ from ..spec import DeviceSig, OpSpec, TensorSig, software_versions
 from . import register
 from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip
 from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2
+from .util import unique_candidates
 from .util import meta_val, node_kwargs
 from .util import strided as _strided
 
@@ -940,15 +941,7 @@ class JaggedFamily(OpFamily):
             for blk in flat_all(2048):
                 flat(blk)
 
-        seen: set = set()
-        cands: list[Candidate] = []
-        for template, cfg in out:
-            config = tuple(sorted(cfg.items()))
-            if (template, config) in seen:
-                continue
-            seen.add((template, config))
-            cands.append(Candidate(source=TEMPLATES[template][2], config=config, origin="template", template=template))
-        return cands
+        return unique_candidates(out, lambda t: TEMPLATES[t][2])
 
     def call_plan(self, spec: OpSpec, cand: Candidate) -> CallPlan:
         data, off = spec.args

@@ -108,6 +108,7 @@ from ..spec import DeviceSig, OpSpec, TensorSig, software_versions
 from . import register
 from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip, Step, Ws
 from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2
+from .util import unique_candidates
 from .util import meta_val, node_kwargs, storage_size
 
 log = logging.getLogger("torch_kevolve")
@@ -1293,15 +1294,7 @@ class ScatterFamily(OpFamily):
             scan(16, 32, max(16, min(_next_pow2(d), 128)), dot=True, nw=4)
 
         out = out[:1] + csr_out + out[1:]
-        seen: set = set()
-        cands: list[Candidate] = []
-        for template, cfg in out:
-            config = tuple(sorted(cfg.items()))
-            if (template, config) in seen:
-                continue
-            seen.add((template, config))
-            cands.append(Candidate(source=TEMPLATES[template][1], config=config, origin="template", template=template))
-        return cands
+        return unique_candidates(out, lambda t: TEMPLATES[t][1])
 
     def call_plan(self, spec: OpSpec, cand: Candidate) -> CallPlan:
         x_sig = spec.args[0]

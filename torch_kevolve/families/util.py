@@ -62,3 +62,21 @@ def node_kwargs(node: Any) -> dict | None:
 def meta_val(x: Any) -> Any:
     """The FakeTensor (or constant) an FX argument stands for."""
     return None if x is None else x.meta.get("val") if hasattr(x, "meta") else x
+
+
+def unique_candidates(proposals: Any, source_of: Any) -> list:
+    """``(template, config dict)`` proposals → Candidates in order, duplicates dropped.
+
+    ``source_of(template)`` gives the template's module source. Families build their candidate lists
+    from overlapping shape heuristics; the first occurrence keeps its place (the search's prior)."""
+    from .base import Candidate
+
+    seen: set = set()
+    cands: list = []
+    for template, cfg in proposals:
+        config = tuple(sorted(cfg.items()))
+        if (template, config) in seen:
+            continue
+        seen.add((template, config))
+        cands.append(Candidate(source=source_of(template), config=config, origin="template", template=template))
+    return cands
