@@ -63,7 +63,8 @@ def test_detect_on_a_cpu_graph():
     assert "Triton devices only" in by_op["aten.bucketize.Tensor"].reason
     eb = by_op["aten._embedding_bag_forward_only.default"]  # no grad needed: forward-only variant
     assert "fallback" in eb.reason and eb.family == "embedding_bag" and eb.status == "skipped" and "float64" in eb.detail
-    assert by_op["kevolve_test.cpu_only.default"].status == "no family"
+    cpu = by_op["kevolve_test.cpu_only.default"]  # a custom op: the generic family (LLM-served) claims it
+    assert cpu.family == "generic" and cpu.status == "candidate" and "cpu_only" in cpu.detail
     assert "opaque" in by_op["kevolve_test.everywhere.default"].reason
     assert not any(f.op.startswith("aten.relu") for f in grab.findings)
 

@@ -141,6 +141,64 @@ def cmd_cache_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prewarm(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .config import Settings
+    from .prewarm import Report, format_report, prewarm
+
+    over: dict[str, Any] = {}
+    if args.cache_dir:
+        over["cache_dir"] = args.cache_dir
+    if args.budget:
+        over["budget"] = args.budget
+    if args.executor:
+        over["executor"] = args.executor
+    if args.contest:
+        over["contest"] = args.contest
+    settings = Settings.from_env(over)
+    settings = replace(settings, mode="offline")
+    models = [m for m in args.models.split(",") if m] if args.models else None
+    report = Report()
+    rc = 0
+    try:
+        prewarm(models=models, targets=args.targets, size=args.size, settings=settings,
+                compile_models=not args.queue_only, retry_failed=args.retry_failed, progress=args.progress,
+                report=report)
+    except KeyboardInterrupt:
+        rc = 130
+    except ValueError as e:
+        print(f"kevolve prewarm: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.to_json(), indent=1) if args.json else format_report(report))
+    if rc == 0 and (report.compile_errors or any(r.status == "error" for r in report.rows)):
+        rc = 1
+    return rc
+
+
+def _add_prewarm_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "prewarm", help="compile models in offline mode, then search and store every queued miss",
+        description="Compile the zoo models (or the given module:function targets) with backend kevolve in offline "
+        "mode to queue their misses, then search every queued spec not yet stored (including those queued by "
+        "KEVOLVE_MODE=offline runs) and store the winners. Resumable: rerun after an interruption.")
+    p.add_argument("targets", nargs="*", metavar="MODULE:FUNCTION",
+                   help="user models: functions returning (model, inputs); given alone, the zoo is not compiled")
+    p.add_argument("--models", default=None, help="zoo models, comma-separated (default: all, unless targets given)")
+    p.add_argument("--size", choices=["small", "large"], default="small", help="zoo model size (large: GPU-sized)")
+    p.add_argument("--budget", default=None, help="per search: '64' evaluations, '120s' wall, '64,120s' (KEVOLVE_BUDGET)")
+    p.add_argument("--executor", choices=["local", "inprocess", "ray"], default=None,
+                   help="where candidates run: the parallel harness (local, default), this process, or ray")
+    p.add_argument("--contest", choices=["auto", "all", "none"], default=None,
+                   help="contest ops Inductor lowers itself (KEVOLVE_CONTEST)")
+    p.add_argument("--cache-dir", "--dir", dest="cache_dir", default=None, help="the user store and queue (KEVOLVE_CACHE_DIR)")
+    p.add_argument("--queue-only", action="store_true", help="compile nothing: only search what is queued")
+    p.add_argument("--retry-failed", action="store_true", help="search again specs where no kernel was found before")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--json", action="store_true", help="the summary as JSON")
+    p.set_defaults(fn=cmd_prewarm)
+
+
 def _add_cache_parsers(sub: Any) -> None:
     cache = sub.add_parser("cache", help="inspect, check, clean, share and plot the kernel store")
     csub = cache.add_subparsers(dest="cache_cmd", required=True)
@@ -209,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("target", help="module:function returning (model, inputs)")
     ex.add_argument("--mode", default="cache", choices=["jit", "offline", "cache", "off"])
     ex.set_defaults(fn=cmd_explain)
+    _add_prewarm_parser(sub)
     _add_cache_parsers(sub)
     args = p.parse_args(argv)
     from .cache_tools import CacheToolError

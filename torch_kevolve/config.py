@@ -38,6 +38,10 @@ def parse_budget(text: str) -> tuple[int | None, float | None]:
     return evals, wall
 
 
+def _flag(v: object) -> bool:
+    return str(v or "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def default_cache_dir() -> Path:
     env = os.environ.get("KEVOLVE_CACHE_DIR")
     if env:
@@ -85,6 +89,12 @@ class Settings:
     llm_max_tokens: int = 4096  # per reply
     llm_budget_tokens: int = 400_000  # prompt + completion tokens per search (0: no limit)
     llm_concurrency: int = 4  # requests in flight per search
+    # A recorded search to replay with no endpoint: a transcript JSON (list of exchanges), or a store
+    # entry (its meta.llm.transcript). The LLM synthesizer answers from it, in order, by tag.
+    llm_replay: str = ""
+    # Use a user store whose directories are writable by group/others (entries are code this process
+    # runs, so such a store is refused unless opted in). KEVOLVE_ALLOW_SHARED_STORE=1.
+    allow_shared_store: bool = field(default_factory=lambda: _flag(os.environ.get("KEVOLVE_ALLOW_SHARED_STORE")))
 
     @staticmethod
     def from_env(options: dict[str, Any] | None = None) -> "Settings":
@@ -112,6 +122,8 @@ class Settings:
             "llm_max_tokens": os.environ.get("KEVOLVE_LLM_MAX_TOKENS"),
             "llm_budget_tokens": os.environ.get("KEVOLVE_LLM_BUDGET_TOKENS"),
             "llm_concurrency": os.environ.get("KEVOLVE_LLM_CONCURRENCY"),
+            "llm_replay": os.environ.get("KEVOLVE_LLM_REPLAY"),
+            "allow_shared_store": os.environ.get("KEVOLVE_ALLOW_SHARED_STORE"),
         }
         merged = {k: v for k, v in env.items() if v not in (None, "")}
         merged.update({k: v for k, v in (options or {}).items() if v is not None})
@@ -130,6 +142,8 @@ class Settings:
                 conv[k] = int(v)
             elif k == "patience":
                 conv[k] = int(v) if int(v) > 0 else None  # 0 / negative: no patience limit
+            elif k == "allow_shared_store":
+                conv[k] = v if isinstance(v, bool) else _flag(v)
             elif k in ("search", "contest", "synthesizer"):
                 conv[k] = str(v).strip().lower()
             else:

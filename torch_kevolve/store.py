@@ -20,6 +20,13 @@ Why it is built this way:
   image) still serves hits; ``put`` then returns False with one warning instead of raising.
 * ``claim`` is a per-key file lock so N processes compiling the same model search each key once:
   the winner searches and stores, the others wait, re-check ``get`` and find the entry.
+* Entries are code that will run in the user's process, so a user store whose root (or ``v1/``,
+  ``locks/``) is writable by group or others is refused, reads and writes, with one warning,
+  unless the user opts in (``Settings.allow_shared_store`` / ``KEVOLVE_ALLOW_SHARED_STORE=1``).
+  Directories are created ``0o755`` and files ``0o644`` whatever the umask, so the store never
+  makes itself shared (opted-in shared stores keep the umask's modes instead).
+* Temp files left by a writer killed mid-write are dotfiles, never read as entries; a later write
+  in the same directory removes those older than ``STALE_TMP_S``.
 """
 from __future__ import annotations
 
@@ -29,6 +36,8 @@ import json
 import os
 import re
 import secrets
+import stat
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +57,13 @@ LAYERS = ("user", "shipped")
 _FAMILY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _HEX_RE = re.compile(r"^[0-9a-f]{1,64}$")
 _SUFFIX = ".json"
+STALE_TMP_S = 600.0  # an in-flight temp file is milliseconds old; one this old lost its writer
+_SHARED_BITS = stat.S_IWGRP | stat.S_IWOTH
+_SHARED_ENV = "KEVOLVE_ALLOW_SHARED_STORE"
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _canon(obj: Any) -> str:
@@ -141,25 +157,66 @@ class _Invalid(Exception):
 class KernelStore:
     """Keyed kernel store over a writable user layer and an optional read-only shipped layer."""
 
-    def __init__(self, root: Path | str, shipped: Path | str | None = None, readonly: bool = False) -> None:
+    def __init__(self, root: Path | str, shipped: Path | str | None = None, readonly: bool = False,
+                 allow_shared: bool | None = None) -> None:
         self.root = Path(root).expanduser()
         self.shipped = None if shipped is None else Path(shipped).expanduser()
         if self.shipped is not None and _same_path(self.root, self.shipped):
             self.shipped = None  # one directory, one layer: don't read (and list) it twice
         self.readonly = readonly
+        # None: the environment decides (KEVOLVE_ALLOW_SHARED_STORE=1 opts in).
+        self.allow_shared = _env_flag(_SHARED_ENV) if allow_shared is None else bool(allow_shared)
+        self._trust: str | None = None  # "" trusted, else why not; None: not checked yet
 
     @classmethod
     def from_settings(cls, settings: "Settings") -> "KernelStore":
-        return cls(settings.cache_dir, settings.shipped_dir)
+        return cls(settings.cache_dir, settings.shipped_dir,
+                   allow_shared=getattr(settings, "allow_shared_store", None))
+
+    # -- trust -------------------------------------------------------------------------------------
+    def shared_problem(self) -> str:
+        """Why the user layer is refused ("" when it is not): a store directory writable by group or
+        others lets another user plant kernels this process would run. Checked once per instance
+        (once the root exists); never for ``readonly`` stores (the package's own shipped files) or
+        when the user opted in. Mode bits are checked even as root, where permissions don't bite."""
+        if self.readonly or self.allow_shared:
+            return ""
+        if self._trust is not None:
+            return self._trust
+        bad: list[str] = []
+        for d in (self.root, self.root / LAYOUT_DIR, self.root / "locks"):
+            try:
+                st = os.stat(d)
+            except FileNotFoundError:
+                if d == self.root:
+                    return ""  # nothing there yet: check again once something is
+                continue
+            except OSError:
+                continue  # unreadable: reads/writes fail on their own, with their own warning
+            if st.st_mode & _SHARED_BITS:
+                who = " and ".join(w for w, b in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if st.st_mode & b)
+                bad.append(f"{d} is writable by {who} (mode {stat.S_IMODE(st.st_mode):o})")
+        self._trust = "; ".join(bad)
+        return self._trust
+
+    def _refused(self) -> bool:
+        why = self.shared_problem()
+        if why:
+            warn_once("kevolve: refusing kernel store %s: %s, so another user could plant kernels that this "
+                      "process would run. Fix it with `chmod go-w` on those directories, or opt in with "
+                      "KEVOLVE_ALLOW_SHARED_STORE=1 (Settings.allow_shared_store=True) if you trust every "
+                      "user who can write there. Kernels are searched and used in this process only.",
+                      str(self.root), why)
+        return bool(why)
 
     def __repr__(self) -> str:
         return f"KernelStore(root={str(self.root)!r}, shipped={None if self.shipped is None else str(self.shipped)!r}, readonly={self.readonly})"
 
     # -- paths -------------------------------------------------------------------------------------
-    def _layers(self, layer: str | None = None) -> list[tuple[str, Path]]:
+    def _layers(self, layer: str | None = None, trusted: bool = True) -> list[tuple[str, Path]]:
         if layer is not None and layer not in LAYERS:
             raise ValueError(f"layer must be one of {LAYERS} or None, got {layer!r}")
-        out = [("user", self.root / LAYOUT_DIR)]
+        out = [] if trusted and self._refused() else [("user", self.root / LAYOUT_DIR)]
         if self.shipped is not None:
             out.append(("shipped", self.shipped / LAYOUT_DIR))
         return [(n, p) for n, p in out if layer is None or n == layer]
@@ -171,7 +228,7 @@ class KernelStore:
     def path_for(self, key: str, layer: str = "user") -> Path | None:
         """Where ``key`` lives in ``layer`` (whether or not it exists); None for a malformed key."""
         parts = split_key(key)
-        bases = [base for _, base in self._layers(layer)]
+        bases = [base for _, base in self._layers(layer, trusted=False)]
         if parts is None or not bases:
             return None
         return bases[0] / self._rel(*parts)
@@ -334,6 +391,8 @@ class KernelStore:
         parts = split_key(entry.key)
         if parts is None:
             return self._cannot_write("write", f"unsafe key {entry.key!r}")
+        if self._refused():
+            return False
         try:
             # Round-trip through JSON first so the checksum is over exactly what a reader will load
             # (tuples → lists, non-str keys → str, odd objects → str).
@@ -353,8 +412,9 @@ class KernelStore:
         """Temp file in ``final``'s directory + fsync + ``os.replace``: readers see old, new or nothing."""
         tmp = final.with_name(f".{final.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            self._mkdirs(final.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                         0o666 if self.allow_shared else 0o644)
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
@@ -371,7 +431,24 @@ class KernelStore:
         except OSError as e:
             return self._cannot_write("write", _why(e))
         _fsync_dir(final.parent)
+        _sweep_stale_tmp(final.parent)
         return True
+
+    def _mkdirs(self, d: Path) -> None:
+        """``mkdir -p`` with an explicit mode for every level inside the root (and the root), so a
+        umask of 002 doesn't make the store group-writable and then refused by ``shared_problem``."""
+        mode = 0o777 if self.allow_shared else 0o755
+        try:
+            parts = d.relative_to(self.root).parts
+        except ValueError:
+            d.mkdir(mode=mode, parents=True, exist_ok=True)
+            return
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        cur = self.root
+        cur.mkdir(mode=mode, exist_ok=True)
+        for part in parts:
+            cur = cur / part
+            cur.mkdir(mode=mode, exist_ok=True)
 
     def put_bytes(self, key: str, data: bytes) -> Entry:
         """Store an entry file's exact bytes (an imported one) in the user layer, atomically.
@@ -384,6 +461,9 @@ class KernelStore:
             raise ValueError(f"unsafe key {key!r}")
         if self.readonly:
             raise ValueError(f"kernel store {self.root} is opened read-only")
+        if self._refused():
+            raise ValueError(f"kernel store {self.root} is refused: {self.shared_problem()} "
+                             f"(opt in with {_SHARED_ENV}=1)")
         try:
             entry = self._check(data, key, "user")
         except _Invalid as e:
@@ -399,7 +479,7 @@ class KernelStore:
         is never overwritten with stale content; with ``expect_checksum`` the update is dropped
         (False) when the file changed since the caller judged it. The shipped layer is never written."""
         parts = split_key(key)
-        if parts is None or self.readonly:
+        if parts is None or self.readonly or self._refused():
             return False
         path = self.root / LAYOUT_DIR / self._rel(*parts)
         current = self._load(path, *parts, "user")
@@ -422,6 +502,8 @@ class KernelStore:
             return False
         if self.readonly:
             return self._cannot_write("remove", "opened read-only")
+        if self._refused():
+            return False
         path = self.root / LAYOUT_DIR / self._rel(*parts)
         try:
             os.unlink(path)
@@ -447,11 +529,14 @@ class KernelStore:
         acquired = True
         if self.readonly:
             warn_once("kevolve: kernel store %s is read-only; searching without a cross-process lock", str(self.root))
+        elif self._refused():
+            pass  # nothing is shared through a refused store: search without waiting on anyone
         else:
             path = self.root / "locks" / f"{spec.strict_key}.lock"
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                lock = FileLock(str(path), timeout=max(0.0, float(timeout)))
+                self._mkdirs(path.parent)
+                lock = FileLock(str(path), timeout=max(0.0, float(timeout)),
+                                **({} if self.allow_shared else {"mode": 0o644}))
                 lock.acquire()
             except Timeout:
                 lock, acquired = None, False
@@ -487,6 +572,24 @@ def _why(e: OSError) -> str:
     if isinstance(e, PermissionError) or e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"not writable: {e.strerror or e}"
     return f"{type(e).__name__}: {e.strerror or e}"
+
+
+def _sweep_stale_tmp(d: Path, now: float | None = None) -> int:
+    """Remove temp files in ``d`` older than ``STALE_TMP_S`` (a writer killed mid-write leaves one;
+    readers never see them, this only reclaims the space). Best effort; returns how many went."""
+    now = time.time() if now is None else now
+    n = 0
+    for name in _listdir(d):
+        if not (name.startswith(".") and name.endswith(".tmp")):
+            continue
+        p = d / name
+        try:
+            if now - p.lstat().st_mtime > STALE_TMP_S:
+                os.unlink(p)
+                n += 1
+        except OSError:
+            pass
+    return n
 
 
 def _unlink_quiet(p: Path) -> None:

@@ -23,6 +23,7 @@ def _load_builtin() -> None:
         return
     _loaded = True
     from . import bucketize, cumextrema, embedding_bag, jagged, scatter, segment_reduce  # noqa: F401  (each registers itself)
+    from . import generic  # noqa: F401  (the fallback for custom ops: see family_for_op)
 
 
 def get_family(name: str) -> OpFamily:
@@ -30,9 +31,19 @@ def get_family(name: str) -> OpFamily:
     return _FAMILIES[name]
 
 
+#: namespaces of PyTorch's own ops: never served by the generic (custom op) family
+CORE_NAMESPACES = frozenset({"aten", "prims", "_c10d_functional", "c10d_functional", "kevolve", "higher_order",
+                             "quantized_decomposed", "inductor", "_inductor_test"})
+
+
 def family_for_op(op_name: str) -> OpFamily | None:
+    """The family registered for ``op_name``; else, for a custom op (a namespace outside PyTorch's
+    own), the generic family, which the LLM synthesizer serves from its contract alone."""
     _load_builtin()
-    return _BY_OP.get(op_name)
+    fam = _BY_OP.get(op_name)
+    if fam is None and "." in op_name and op_name.split(".", 1)[0] not in CORE_NAMESPACES:
+        fam = _FAMILIES.get("generic")
+    return fam
 
 
 def all_families() -> list[OpFamily]:

@@ -211,6 +211,16 @@ class OpFamily(ABC):
     def candidates(self, spec: OpSpec) -> list[Candidate]:
         """The template synthesizer's proposals for this spec."""
 
+    def contract(self, spec: OpSpec) -> str:
+        """Extra entry-point contract text for an LLM prompt. Default "": the contract is derived from
+        the templates (their kernel signatures and call plans) as for every templated family."""
+        return ""
+
+    def skeleton(self, spec: OpSpec) -> Candidate | None:
+        """For a family without templates: a module holding only the entry point (and the config
+        keys the call plan reads) that an LLM rewrite must keep. Never evaluated itself."""
+        return None
+
     @abstractmethod
     def call_plan(self, spec: OpSpec, cand: Candidate) -> CallPlan:
         """How to launch ``cand`` for ``spec``: grid, argument binding, output buffers."""

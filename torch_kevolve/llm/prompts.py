@@ -121,8 +121,12 @@ def section_inputs(ctx: PromptContext) -> str:
                          + ("" if a.contiguous else " (non-contiguous)"))
     if spec.consts:
         lines.append("- constants: " + ", ".join(f"{k}={v!r}" for k, v in spec.consts))
-    lines.append("Shapes are those of this call; the kernel is also verified on small edge cases (empty, single "
-                 "element, odd sizes) with the same dtypes and constants, so do not hard-code sizes.")
+    if getattr(ctx.family, "fixed_shapes", False):
+        lines.append("Shapes are those of this call and of every verification input (edge cases keep them and "
+                     "change the values: zeros, large magnitudes, NaN).")
+    else:
+        lines.append("Shapes are those of this call; the kernel is also verified on small edge cases (empty, single "
+                     "element, odd sizes) with the same dtypes and constants, so do not hard-code sizes.")
     return "\n".join(lines)
 
 
@@ -153,6 +157,14 @@ def section_contract(ctx: PromptContext) -> str:
                        "only these.")
     if c.problem:
         lines.append(f"(The call plan could not be built for this kernel: {c.problem})")
+    extra = getattr(ctx.family, "contract", None)
+    try:
+        text = extra(ctx.spec) if callable(extra) else ""
+    except Exception as e:  # noqa: BLE001 - the derived contract still stands
+        log.debug("kevolve: %s.contract failed: %s", ctx.family.name, e)
+        text = ""
+    if text:
+        lines.append(text)
     return "\n".join(lines)
 
 

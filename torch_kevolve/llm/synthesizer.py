@@ -25,7 +25,7 @@ from ..spec import OpSpec
 from .feedback import Feedback, ResultLog, knowledge_query
 from .parsing import Contract, extract_contract, parse_reply, to_candidate
 from .prompts import PromptContext, build_prompt, retry_message
-from .transport import ChatTransport, LLMConfig, Messages
+from .transport import ChatTransport, LLMConfig, Messages, ReplayTransport
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -137,6 +137,29 @@ class LLMSynthesizer:
 
     def transcript(self) -> list[dict]:
         return list(self.transport.transcript)
+
+    def record(self, results: Sequence[Any] = ()) -> list[dict]:
+        """Every exchange (tag, messages, reply, ...) with its result: what parsing made of the reply
+        (the proposal's verdict) and, for a candidate that was evaluated, its diagnostics. JSON-able;
+        :class:`ReplayTransport` reruns the search from it (the extra ``result`` key is ignored)."""
+        props = {p.tag: p for p in self.proposals}
+        evals: dict = {}
+        for r in results:
+            c = getattr(r, "candidate", None)
+            if c is not None:
+                evals.setdefault(ident(c), {"ok": bool(r.ok), "diag": r.diagnostics.summary()})
+        out = []
+        for ex in self.transcript():
+            tag = ex.get("tag", "")
+            p = props.get(tag.split(".r", 1)[0])
+            res: dict = {}
+            if p is not None:
+                last = p.turns == 1 or tag != p.tag  # the proposal's verdict belongs to its last turn
+                res = {"proposal": ("accepted" if p.ok else p.reason[:2000]) if last else "retried"}
+                if last and p.ok and p.candidate is not None and ident(p.candidate) in evals:
+                    res["evaluated"] = evals[ident(p.candidate)]
+            out.append({**ex, "result": res})
+        return out
 
     # -- context -----------------------------------------------------------------------------------
     def knowledge(self) -> "KnowledgeBase | None":
@@ -278,6 +301,9 @@ class LLMSynthesizer:
         for c in family.candidates(spec):
             firsts.setdefault(c.template, c)
         pool = list(firsts.values())
+        if not pool:  # no templates (the generic family): the contract's skeleton is the starting point
+            sk = family.skeleton(spec)
+            pool = [sk] if sk is not None else []
         out = [pool[(self._restarts + i) % len(pool)] for i in range(n)] if pool else []
         self._restarts += n
         return out
@@ -415,6 +441,21 @@ class LLMSynthesizer:
         return seeds + got[:want]
 
 
+def load_transcript(path: str) -> list[dict]:
+    """A recorded search's exchanges: a transcript file (a JSON list, or ``{"transcript": [...]}``) or
+    a store entry file (``meta.llm.transcript``)."""
+    import json
+    from pathlib import Path
+
+    doc = json.loads(Path(path).expanduser().read_text())
+    if isinstance(doc, dict):
+        doc = doc.get("transcript") or ((doc.get("meta") or {}).get("llm") or {}).get("transcript")
+    if not isinstance(doc, list):
+        raise ValueError(f"{path}: no recorded LLM transcript in it (a JSON list, or a store entry with "
+                         "meta.llm.transcript)")
+    return doc
+
+
 # -- construction from settings ---------------------------------------------------------------------------
 def make_synthesizer(settings: "Settings", store: "KernelStore | None" = None) -> Any:
     """The synthesizer a search should use: ``settings.synthesizer`` "template", "llm", or "auto"
@@ -422,6 +463,12 @@ def make_synthesizer(settings: "Settings", store: "KernelStore | None" = None) -
     ``OPENAI_BASE_URL``, or ``KEVOLVE_LLM_API_KEY``; an ``OPENAI_API_KEY`` alone is not taken as
     consent to spend it). Without one, the template synthesizer, said once in the log."""
     choice = (getattr(settings, "synthesizer", "auto") or "auto").strip().lower()
+    replay = getattr(settings, "llm_replay", "") or ""
+    if replay:
+        info_once("kevolve: replaying recorded LLM exchanges from %s (no endpoint)", replay)
+        cfg = LLMConfig(base_url="replay://", model="replay", budget_tokens=0,
+                        concurrency=max(1, int(getattr(settings, "llm_concurrency", 1) or 1)))
+        return LLMSynthesizer(ReplayTransport(load_transcript(replay), cfg), store=store)
     if choice == "template":
         return TemplateSynthesizer()
     if choice not in ("auto", "llm"):
@@ -454,4 +501,4 @@ def make_synthesizer(settings: "Settings", store: "KernelStore | None" = None) -
     return LLMSynthesizer(ChatTransport(cfg), store=store)
 
 
-__all__ = ["LLMSynthesizer", "Proposal", "make_synthesizer"]
+__all__ = ["LLMSynthesizer", "Proposal", "load_transcript", "make_synthesizer"]

@@ -121,7 +121,8 @@ class KevolvePass(CustomGraphPass):
 
             entry, outcome = search_spec(get_family(spec.family), spec, self.settings, timer=self.timer)
             if entry is None:
-                f.decision = f"Inductor (search found no verified kernel in {len(outcome.results)} candidates)"
+                f.decision = (f"Inductor ({outcome.stop_reason})" if not outcome.results and outcome.stop_reason
+                              else f"Inductor (search found no verified kernel in {len(outcome.results)} candidates)")
                 return None
             if not self.store.put(entry):
                 warn_once("kevolve: the searched kernel for %s could not be stored; it is used in this process only", spec.key)

@@ -140,6 +140,17 @@ def search_spec(
     evaluation (e.g. the parallel harness) to score candidates elsewhere."""
     from ..store import Entry
 
+    if synth is None:
+        from ..llm.synthesizer import make_synthesizer
+
+        synth = make_synthesizer(settings)  # templates unless an LLM endpoint is configured (settings.synthesizer)
+    if family.skeleton(spec) is not None and not family.candidates(spec) and not hasattr(synth, "transport"):
+        # a family without templates (the generic path) is served by the LLM synthesizer alone
+        from ..log import info_once
+
+        why = "no kernel templates for this op and no LLM synthesizer configured"
+        info_once("kevolve: %s has %s (KEVOLVE_LLM_BASE_URL); keeping the op as it is", spec.op, why)
+        return None, SearchOutcome(None, stop_reason=why)
     stats.bump("searches")
     device = torch.device(spec.device.type)
     on_cpu = device.type != "cuda"
@@ -155,6 +166,13 @@ def search_spec(
     evaluator = Evaluator(family, spec, device=device, timer=timer, seeds=settings.seeds, floor_bw=bw)
     kind = baseline_kind(family, spec)
     in_process = timer is not None or settings.executor == "inprocess"
+    if not in_process and getattr(family, "caller_process_only", False):
+        # the op lives in the caller's process (a user's custom op): harness workers cannot call it
+        from ..log import info_once
+
+        info_once("kevolve: %s family: evaluating candidates in this process (harness workers cannot call "
+                  "the user's op)", family.name)
+        in_process = True
     if evaluate_batch is None:
         # Injected timers (tests, cost models) only exist in this process; otherwise the harness judges.
         evaluate_batch = sequential_batch(evaluator) if in_process else harness_batch(family, spec, settings)
@@ -163,10 +181,6 @@ def search_spec(
         baseline = evaluator.baseline_ms(kind)
     strategy = get_strategy(settings.search)
     budget = settings_budget(settings, on_cpu)
-    if synth is None:
-        from ..llm.synthesizer import make_synthesizer
-
-        synth = make_synthesizer(settings)  # templates unless an LLM endpoint is configured (settings.synthesizer)
     watch = getattr(synth, "watch", None)
     if callable(watch):  # the LLM synthesizer reads the full diagnostics of what it proposed
         evaluate_batch = watch(evaluate_batch)
@@ -199,7 +213,11 @@ def search_spec(
         "evidence": {**best.evidence, "checks": best.diagnostics.cases_checked},
         "profile": best.diagnostics.profile,
         "proposer": best.candidate.origin,
-        **({"llm": synth.summary()} if callable(getattr(synth, "summary", None)) else {}),
+        # the LLM's account and every exchange with its result, in the entry itself: stored atomically
+        # with the kernel under its checksum, shipped and pruned with it (KEVOLVE_LLM_REPLAY reruns it)
+        **({"llm": {**synth.summary(), **({"transcript": synth.record(outcome.results)}
+                                          if callable(getattr(synth, "record", None)) else {})}}
+           if callable(getattr(synth, "summary", None)) else {}),
         "search": {
             "strategy": outcome.strategy,
             "evaluated": len(outcome.results),
