@@ -421,17 +421,12 @@ def test_edge_cases(key: str) -> None:
 _SM90_SCRIPT = r"""
 import dataclasses, sys
 import torch, triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from torch_kevolve.families import get_family
-from torch_kevolve.families.base import In, Out, Ws
-from torch_kevolve.kernels import load_module
+from torch_kevolve.kernels import NoGpuToolchain, compile_for_gpu, load_module
 from torch_kevolve.spec import DeviceSig
 
 fam = get_family("bucketize")
 cuda = DeviceSig("cuda", "NVIDIA H100 80GB HBM3", "sm_90")
-ty = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16", "float64": "*fp64", "int8": "*i8",
-      "int16": "*i16", "int32": "*i32", "int64": "*i64", "uint8": "*u8", "bool": "*i1"}
 e = torch.empty
 L = torch.long
 specs = [  # every CMP mode (fp32, fp64, ints, fp16, bf16), sorters, per-row sequences, M = 1 (STEPS 1)
@@ -450,27 +445,14 @@ for spec in specs:
             continue
         done.add(cand.template)
         plan = fam.call_plan(spec, cand)
-        fn = getattr(load_module(cand.source, interpret=False), plan.kernel)
-        sig, consts = {}, {}
-        for name, v in plan.args:
-            if isinstance(v, In):
-                sig[name] = ty[spec.args[v.i].dtype]
-            elif isinstance(v, Out):
-                sig[name] = ty[plan.outputs[v.j].dtype]
-            elif name.isupper() or v == 1:  # Triton specializes int arguments equal to 1 as constexprs
-                sig[name], consts[name] = "constexpr", v
-            else:
-                sig[name] = "i64" if abs(v) >= 2**31 else "i32"
         try:
-            c = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                               options={"num_warps": plan.num_warps, "num_stages": plan.num_stages})
-        except Exception as ex:
-            if "ptxas" in str(ex).lower() and "not found" in str(ex).lower():
-                print("NO-TOOLCHAIN", ex)
-                sys.exit(0)
-            raise
-        assert c.asm.get("cubin"), cand.template
-        print("OK", spec.args[0].dtype, spec.args[1].dtype, cand.template)
+            compiled = compile_for_gpu(load_module(cand.source, interpret=False), spec, plan)
+        except NoGpuToolchain as ex:
+            print("NO-TOOLCHAIN", ex)
+            sys.exit(0)
+        for k, c in compiled.items():
+            assert c.asm.get("cubin"), (cand.template, k)
+            print("OK", spec.args[0].dtype, spec.args[1].dtype, cand.template)
 """
 
 

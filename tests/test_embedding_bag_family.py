@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-import uuid
 from typing import Any
 
 import pytest
 import torch
+from family_helpers import compile_and_record  # noqa: E402
 import torch.nn.functional as F
 
 from torch_kevolve.families import Match, Skip, family_for_op, get_family
@@ -366,14 +366,10 @@ def test_max_call_plans_use_the_max_kernels() -> None:
 _SM90_SCRIPT = r"""
 import sys
 import torch, triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from torch_kevolve.families import get_family
-from torch_kevolve.families.base import In, Out
-from torch_kevolve.kernels import load_module
+from torch_kevolve.kernels import NoGpuToolchain, compile_for_gpu, load_module
 
 fam = get_family("embedding_bag")
-ty = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16", "int32": "*i32", "int64": "*i64"}
 spec = fam.spec_for(torch.empty(40, 48, dtype=torch.bfloat16), torch.zeros(150, dtype=torch.int32),
                     torch.zeros(13, dtype=torch.int64), None, 2, True, 3)
 todo = {}
@@ -381,25 +377,14 @@ for c in fam.candidates(spec):
     todo.setdefault((c.template, c.cfg.get("ACC_TILE")), c)
 for (t, _), cand in todo.items():
     plan = fam.call_plan(spec, cand)
-    sig, consts = {}, {}
-    for name, v in plan.args:
-        if isinstance(v, (In, Out)):
-            sig[name] = ty[spec.args[v.i].dtype if isinstance(v, In) else plan.outputs[v.j].dtype]
-        elif name.isupper():
-            sig[name], consts[name] = "constexpr", v
-        else:
-            sig[name] = "i32"
-    fn = getattr(load_module(cand.source, interpret=False), plan.kernel)
     try:
-        c = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                           options={"num_warps": plan.num_warps, "num_stages": plan.num_stages})
-    except Exception as e:
-        if "ptxas" in str(e).lower() and "not found" in str(e).lower():
-            print("NO-TOOLCHAIN", e)
-            sys.exit(0)
-        raise
-    assert c.asm.get("cubin"), t
-    print("OK", t, plan.kernel)
+        compiled = compile_for_gpu(load_module(cand.source, interpret=False), spec, plan)
+    except NoGpuToolchain as ex:
+        print("NO-TOOLCHAIN", ex)
+        sys.exit(0)
+    for k, c in compiled.items():
+        assert c.asm.get("cubin"), (cand.template, k)
+        print("OK", t, k)
 """
 
 
@@ -523,32 +508,6 @@ def test_match_rejects_other_ops() -> None:
     assert isinstance(FAM.match(n), Skip)
 
 
-def _compile_and_record(fn, *args) -> tuple[list[torch.fx.Graph], Any]:
-    from torch._inductor.compile_fx import compile_fx
-    from torch._inductor.custom_graph_pass import CustomGraphPass
-
-    graphs: list[torch.fx.Graph] = []
-
-    class Record(CustomGraphPass):
-        def __call__(self, graph: torch.fx.Graph) -> None:
-            graphs.append(graph)
-
-        def uuid(self) -> bytes:
-            return token  # fresh per compile: a graph-cache hit would skip the pass
-
-    token = uuid.uuid4().bytes
-
-    def backend(gm, example_inputs):
-        patches = {"post_grad_custom_pre_pass": Record(), "fx_graph_cache": False}
-        return compile_fx(gm, example_inputs, config_patches=patches)
-
-    torch._dynamo.reset()
-    try:
-        with torch._functorch.config.patch(enable_autograd_cache=False):
-            out = torch.compile(fn, backend=backend, fullgraph=True)(*args)
-    finally:
-        torch._dynamo.reset()
-    return graphs, out
 
 
 _V = 20
@@ -572,7 +531,7 @@ def inference_graph():
 
     args = (w, idx, off, psw, idx32, off32)
     with torch.no_grad():
-        graphs, out = _compile_and_record(f, *args)
+        graphs, out = compile_and_record(f, *args, no_grad=False)
     return graphs, out, args
 
 
@@ -585,7 +544,7 @@ def training_graph():
     def f(w, idx, off):
         return F.embedding_bag(idx, w, off, mode="mean")
 
-    graphs, _ = _compile_and_record(f, w, idx, off)
+    graphs, _ = compile_and_record(f, w, idx, off, no_grad=False)
     return graphs
 
 

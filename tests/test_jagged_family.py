@@ -4,14 +4,12 @@ plans, GPU compilation (sm_90, no device needed), matching on real post-grad gra
 to end."""
 from __future__ import annotations
 
-import dataclasses
 import math
-import uuid
 from typing import Any
 
 import pytest
 import torch
-from family_helpers import firsts, pick, with_cfg  # noqa: E402
+from family_helpers import compile_and_record, firsts, pick, with_cfg  # noqa: E402
 
 from torch_kevolve import families as _families
 
@@ -479,15 +477,10 @@ def test_edge_cases(key: str) -> None:
 _SM90_SCRIPT = r"""
 import sys
 import torch, triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from torch_kevolve.families import get_family
-from torch_kevolve.families.base import In, Out
-from torch_kevolve.kernels import load_module
+from torch_kevolve.kernels import NoGpuToolchain, compile_for_gpu, load_module
 
 fam = get_family("jagged")
-ty = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16", "float64": "*fp64", "int8": "*i8",
-      "int16": "*i16", "int32": "*i32", "int64": "*i64", "uint8": "*u8", "bool": "*i1"}
 off = torch.zeros(8, dtype=torch.int32)
 specs = [
     fam.j2p_spec(torch.empty(40, 24, dtype=torch.bfloat16), [off], [6], float("nan")),
@@ -506,25 +499,14 @@ for spec in specs:
             continue
         done.add(key)
         plan = fam.call_plan(spec, cand)
-        fn = getattr(load_module(cand.source, interpret=False), plan.kernel)
-        sig, consts = {}, {}
-        for name, v in plan.args:
-            if isinstance(v, (In, Out)):
-                sig[name] = ty[spec.args[v.i].dtype if isinstance(v, In) else plan.outputs[v.j].dtype]
-            elif name.isupper() or v == 1:  # Triton specializes int arguments equal to 1 as constexprs
-                sig[name], consts[name] = "constexpr", v
-            else:
-                sig[name] = "i64" if abs(v) >= 2**31 else "i32"
         try:
-            c = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                               options={"num_warps": plan.num_warps, "num_stages": plan.num_stages})
-        except Exception as e:
-            if "ptxas" in str(e).lower() and "not found" in str(e).lower():
-                print("NO-TOOLCHAIN", e)
-                sys.exit(0)
-            raise
-        assert c.asm.get("cubin"), cand.template
-        print("OK", spec.args[0].dtype, *key)
+            compiled = compile_for_gpu(load_module(cand.source, interpret=False), spec, plan)
+        except NoGpuToolchain as ex:
+            print("NO-TOOLCHAIN", ex)
+            sys.exit(0)
+        for k, c in compiled.items():
+            assert c.asm.get("cubin"), (cand.template, k)
+            print("OK", spec.args[0].dtype, *key)
 """
 
 
@@ -636,33 +618,6 @@ def test_lowering_applies_mirrors_inductor() -> None:
     assert not FAM.lowering_applies(_graph_node("j2p", torch.randn(6, 4), off, [3])[0])
 
 
-def _compile_and_record(fn, *args, dynamic_outputs: bool = False) -> tuple[list[torch.fx.Graph], Any]:
-    from torch._inductor.compile_fx import compile_fx
-    from torch._inductor.custom_graph_pass import CustomGraphPass
-
-    graphs: list[torch.fx.Graph] = []
-
-    class Record(CustomGraphPass):
-        def __call__(self, graph: torch.fx.Graph) -> None:
-            graphs.append(graph)
-
-        def uuid(self) -> bytes:
-            return token  # fresh per compile: a graph-cache hit would skip the pass
-
-    token = uuid.uuid4().bytes
-
-    def backend(gm, example_inputs):
-        return compile_fx(gm, example_inputs, config_patches={"post_grad_custom_pre_pass": Record(),
-                                                              "fx_graph_cache": False})
-
-    torch._dynamo.reset()
-    try:
-        with torch._functorch.config.patch(enable_autograd_cache=False), torch.no_grad(), \
-                torch._dynamo.config.patch(capture_dynamic_output_shape_ops=dynamic_outputs):
-            out = torch.compile(fn, backend=backend, fullgraph=True)(*args)
-    finally:
-        torch._dynamo.reset()
-    return graphs, out
 
 
 @pytest.fixture(scope="module")
@@ -684,7 +639,7 @@ def compiled_graph():
         return a * 2, b, c, e, h, k
 
     args = (v, off, p)
-    graphs, out = _compile_and_record(f, *args, dynamic_outputs=True)
+    graphs, out = compile_and_record(f, *args, dynamic_outputs=True)
     return graphs, out, args
 
 

@@ -135,3 +135,20 @@ def test_scan_plan_through_the_custom_op():
         out = OP(runtime.spec_handle(spec), [x, lengths])[0]
         torch.testing.assert_close(out, fam.eager(spec, [x, lengths])[0])
         assert stats.snapshot() == {"kernel_calls": 1}
+
+
+def test_step_signature_specializes_like_the_jit():
+    """Compiling for a GPU without one must see the signature Triton's JIT would build at launch:
+    pointers by dtype (inputs, outputs, workspace), UPPERCASE and ints equal to 1 as constexprs."""
+    from torch_kevolve.families.base import CallPlan, In, Out, OutBuf, Step, Ws
+    from torch_kevolve.kernels import step_signature
+    from torch_kevolve.spec import DeviceSig, OpSpec, TensorSig
+
+    spec = OpSpec("t", "aten.t", (TensorSig("bfloat16", (4,), (1,)), None), (), DeviceSig("cpu", "cpu", ""))
+    step = Step("k", (1,), (("x", In(0)), ("y", Out(0)), ("w", Ws(0)), ("BLOCK", 64), ("one", 1),
+                            ("n", 7), ("big", 2**40), ("scale", 0.5), ("flag", False)))
+    plan = CallPlan("k", (1,), step.args, (OutBuf((4,), "float32"),), workspace=(OutBuf((5,), "int64"),))
+    sig, consts = step_signature(spec, plan, step)
+    assert sig == {"x": "*bf16", "y": "*fp32", "w": "*i64", "BLOCK": "constexpr", "one": "constexpr",
+                   "n": "i32", "big": "i64", "scale": "fp32", "flag": "i1"}
+    assert consts == {"BLOCK": 64, "one": 1}

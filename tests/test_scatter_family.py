@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import uuid
 from typing import Any
 
 import pytest
 import torch
-from family_helpers import firsts, pick, with_cfg  # noqa: E402
+from family_helpers import compile_and_record, firsts, pick, with_cfg  # noqa: E402
 
 from torch_kevolve import families as _families
 
@@ -623,18 +622,14 @@ def test_csr_out_of_range_and_offer() -> None:
 _SM90_SCRIPT = r"""
 import dataclasses, sys
 import torch, triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from torch_kevolve.families import all_families, get_family
 from torch_kevolve.families import scatter as SC
-from torch_kevolve.families.base import In, Out, Ws
-from torch_kevolve.kernels import load_module
+from torch_kevolve.kernels import NoGpuToolchain, compile_for_gpu, load_module
 from torch_kevolve.spec import DeviceSig
 
 all_families()
 fam = get_family("scatter")
 cuda = DeviceSig("cuda", "H100", "sm_90")
-ty = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16", "int32": "*i32", "int64": "*i64"}
 e = torch.empty
 row = e(30, dtype=torch.long)[:, None].expand(30, 40)
 f16, bf16 = torch.float16, torch.bfloat16
@@ -657,31 +652,14 @@ for spec in specs:
             continue
         done.add(key)
         plan = fam.call_plan(spec, cand)
-        mod = load_module(cand.source, interpret=False)
-        for st in plan.steps:
-            sig, consts = {}, {}
-            for name, v in st.args:
-                if isinstance(v, In):
-                    sig[name] = ty[spec.args[v.i].dtype]
-                elif isinstance(v, Out):
-                    sig[name] = ty[plan.outputs[v.j].dtype]
-                elif isinstance(v, Ws):
-                    sig[name] = ty[plan.workspace[v.k].dtype]
-                elif name.isupper():
-                    sig[name], consts[name] = "constexpr", v
-                else:
-                    sig[name] = "fp32" if isinstance(v, float) else "i32"
-            try:
-                c = triton.compile(ASTSource(fn=getattr(mod, st.kernel), signature=sig, constexprs=consts),
-                                   target=GPUTarget("cuda", 90, 32),
-                                   options={"num_warps": st.num_warps, "num_stages": st.num_stages})
-            except Exception as ex:
-                if "ptxas" in str(ex).lower() and "not found" in str(ex).lower():
-                    print("NO-TOOLCHAIN", ex)
-                    sys.exit(0)
-                raise
-            assert c.asm.get("cubin"), (cand.template, st.kernel)
-            print("OK", key, st.kernel)
+        try:
+            compiled = compile_for_gpu(load_module(cand.source, interpret=False), spec, plan)
+        except NoGpuToolchain as ex:
+            print("NO-TOOLCHAIN", ex)
+            sys.exit(0)
+        for k, c in compiled.items():
+            assert c.asm.get("cubin"), (cand.template, k)
+            print("OK", key, k)
 """
 
 
@@ -815,32 +793,6 @@ def test_match_skips(target, args, kwargs, out, needle) -> None:
     assert needle in r.reason, r.reason
 
 
-def _compile_and_record(fn, *args) -> tuple[list[torch.fx.Graph], Any]:
-    from torch._inductor.compile_fx import compile_fx
-    from torch._inductor.custom_graph_pass import CustomGraphPass
-
-    graphs: list[torch.fx.Graph] = []
-
-    class Record(CustomGraphPass):
-        def __call__(self, graph: torch.fx.Graph) -> None:
-            graphs.append(graph)
-
-        def uuid(self) -> bytes:
-            return token  # fresh per compile: a graph-cache hit would skip the pass
-
-    token = uuid.uuid4().bytes
-
-    def backend(gm, example_inputs):
-        return compile_fx(gm, example_inputs, config_patches={"post_grad_custom_pre_pass": Record(),
-                                                              "fx_graph_cache": False})
-
-    torch._dynamo.reset()
-    try:
-        with torch._functorch.config.patch(enable_autograd_cache=False), torch.no_grad():
-            out = torch.compile(fn, backend=backend, fullgraph=True)(*args)
-    finally:
-        torch._dynamo.reset()
-    return graphs, out
 
 
 def _f(x, src, idx, x1, s1):
@@ -864,7 +816,7 @@ def compiled_graph():
     g = torch.Generator().manual_seed(0)
     args = (torch.randn(10, 4, generator=g), torch.randn(7, 4, generator=g), torch.randint(0, 10, (7,), generator=g),
             torch.randn(10, generator=g), torch.randn(7, generator=g))
-    graphs, out = _compile_and_record(_f, *args)
+    graphs, out = compile_and_record(_f, *args)
     return graphs, out, args
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import uuid
 from typing import Any
 
 import pytest
 import torch
-from family_helpers import firsts, pick, with_cfg  # noqa: E402
+from family_helpers import compile_and_record, firsts, pick, with_cfg  # noqa: E402
 
 from torch_kevolve import families as _families
 
@@ -560,17 +559,13 @@ def test_nan_propagates_like_eager(reduce: str) -> None:
 _SM90_SCRIPT = r"""
 import dataclasses, math, sys
 import torch, triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from torch_kevolve.families import all_families, get_family
 from torch_kevolve.families import segment_reduce  # noqa: F401
 from torch_kevolve.families.segment_reduce import SCAN_SOURCES
-from torch_kevolve.families.base import In, Out, Ws
-from torch_kevolve.kernels import load_module
+from torch_kevolve.kernels import NoGpuToolchain, compile_for_gpu, load_module
 
 all_families()
 fam = get_family("segment_reduce")
-ty = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16", "int32": "*i32", "int64": "*i64"}
 for reduce, off, dt, init in (("max", False, torch.bfloat16, -math.inf), ("prod", True, torch.float16, 2.0),
                               ("mean", True, torch.float32, None)):
     segs = torch.zeros(11, dtype=torch.int32)
@@ -589,28 +584,14 @@ for reduce, off, dt, init in (("max", False, torch.bfloat16, -math.inf), ("prod"
                  dataclasses.replace(first, template="seg_tile", source=SCAN_SOURCES["seg_tile"], config=tuple(sorted({**first.cfg, "SCAN": 1, "SCAN_BLOCK": 4096, "BLOCK_S": 8, "BLOCK_N": 4}.items())))]
     for cand in todo:
         plan = fam.call_plan(spec, cand)
-        mod = load_module(cand.source, interpret=False)
-        for st in plan.steps:
-            sig, consts = {}, {}
-            for name, v in st.args:
-                if isinstance(v, (In, Out, Ws)):
-                    buf = spec.args[v.i] if isinstance(v, In) else plan.outputs[v.j] if isinstance(v, Out) else plan.workspace[v.k]
-                    sig[name] = ty[buf.dtype]
-                elif name.isupper():
-                    sig[name], consts[name] = "constexpr", v
-                else:
-                    sig[name] = "fp32" if isinstance(v, float) else "i32"
-            try:
-                c = triton.compile(ASTSource(fn=getattr(mod, st.kernel), signature=sig, constexprs=consts),
-                                   target=GPUTarget("cuda", 90, 32),
-                                   options={"num_warps": st.num_warps, "num_stages": st.num_stages})
-            except Exception as e:
-                if "ptxas" in str(e).lower() and "not found" in str(e).lower():
-                    print("NO-TOOLCHAIN", e)
-                    sys.exit(0)
-                raise
-            assert c.asm.get("cubin"), (cand.template, st.kernel)
-            print("OK", reduce, cand.template, st.kernel)
+        try:
+            compiled = compile_for_gpu(load_module(cand.source, interpret=False), spec, plan)
+        except NoGpuToolchain as ex:
+            print("NO-TOOLCHAIN", ex)
+            sys.exit(0)
+        for k, c in compiled.items():
+            assert c.asm.get("cubin"), (cand.template, k)
+            print("OK", reduce, cand.template, k)
 """
 
 
@@ -706,32 +687,6 @@ def test_match_rejects_other_ops() -> None:
     assert isinstance(FAM.match(g.call_function(torch.ops.aten.relu.default, (x,))), Skip)
 
 
-def _compile_and_record(fn, *args) -> tuple[list[torch.fx.Graph], Any]:
-    from torch._inductor.compile_fx import compile_fx
-    from torch._inductor.custom_graph_pass import CustomGraphPass
-
-    graphs: list[torch.fx.Graph] = []
-
-    class Record(CustomGraphPass):
-        def __call__(self, graph: torch.fx.Graph) -> None:
-            graphs.append(graph)
-
-        def uuid(self) -> bytes:
-            return token  # fresh per compile: a graph-cache hit would skip the pass
-
-    token = uuid.uuid4().bytes
-
-    def backend(gm, example_inputs):
-        return compile_fx(gm, example_inputs, config_patches={"post_grad_custom_pre_pass": Record(),
-                                                              "fx_graph_cache": False})
-
-    torch._dynamo.reset()
-    try:
-        with torch._functorch.config.patch(enable_autograd_cache=False), torch.no_grad():
-            out = torch.compile(fn, backend=backend, fullgraph=True)(*args)
-    finally:
-        torch._dynamo.reset()
-    return graphs, out
 
 
 @pytest.fixture(scope="module")
@@ -751,7 +706,7 @@ def compiled_graph():
         return a + 1, b, c, d, e
 
     args = (x, lengths, offsets)
-    graphs, out = _compile_and_record(f, *args)
+    graphs, out = compile_and_record(f, *args)
     return graphs, out, args
 
 

@@ -15,11 +15,14 @@ import tempfile
 import threading
 from pathlib import Path
 from types import ModuleType
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from .families.base import CallPlan, In, Out, OutBuf, Step, Ws
+
+if TYPE_CHECKING:
+    from .spec import OpSpec
 
 _lock = threading.Lock()
 _modules: dict[str, ModuleType] = {}
@@ -163,3 +166,58 @@ def launch(
             fn = getattr(module, step.kernel)
             fn[tuple(step.grid)](**bind_args(step, inputs, outs, ws), num_warps=step.num_warps, num_stages=step.num_stages)
     return outs
+
+
+# ------------------------------------------------------------------------------------------------
+# Compiling for a GPU without one
+# ------------------------------------------------------------------------------------------------
+
+_POINTER = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16", "float64": "*fp64", "int8": "*i8",
+            "int16": "*i16", "int32": "*i32", "int64": "*i64", "uint8": "*u8", "bool": "*i1"}
+
+
+class NoGpuToolchain(RuntimeError):
+    """Triton's CUDA backend has no ptxas here: GPU compilation cannot be checked on this machine."""
+
+
+def step_signature(spec: "OpSpec", plan: CallPlan, step: Step) -> tuple[dict, dict]:
+    """Triton signature and constexprs of one launch, as the runtime JIT would specialize them:
+    tensors by dtype, UPPERCASE parameters and ints equal to 1 as constexprs, other ints i32/i64."""
+    sig: dict = {}
+    consts: dict = {}
+    for name, v in step.args:
+        if isinstance(v, (In, Out, Ws)):
+            buf = spec.args[v.i] if isinstance(v, In) else plan.outputs[v.j] if isinstance(v, Out) else plan.workspace[v.k]
+            assert buf is not None, f"{name} is bound to a missing input"
+            sig[name] = _POINTER[buf.dtype]
+        elif name.isupper() or (type(v) is int and v == 1):
+            sig[name], consts[name] = "constexpr", v
+        elif isinstance(v, bool):
+            sig[name] = "i1"
+        elif isinstance(v, float):
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i64" if abs(int(v)) >= 2**31 else "i32"
+    return sig, consts
+
+
+def compile_for_gpu(module: ModuleType, spec: "OpSpec", plan: CallPlan, arch: int = 90) -> dict:
+    """Compile every step of ``plan`` for ``sm_<arch>`` with Triton's CUDA backend, no GPU needed:
+    GPU-only compile errors and resource use (registers, spills) show up on a CPU machine. The module
+    must have been loaded with ``interpret=False``. Returns kernel name → compiled kernel."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    out: dict = {}
+    for step in plan.steps:
+        sig, consts = step_signature(spec, plan, step)
+        try:
+            out[step.kernel] = triton.compile(
+                ASTSource(fn=getattr(module, step.kernel), signature=sig, constexprs=consts),
+                target=GPUTarget("cuda", arch, 32), options={"num_warps": step.num_warps, "num_stages": step.num_stages})
+        except Exception as e:
+            if "ptxas" in str(e).lower() and "not found" in str(e).lower():
+                raise NoGpuToolchain(str(e)) from e
+            raise
+    return out

@@ -305,7 +305,7 @@ class GenericFamily(OpFamily):
         for j, (d, s) in enumerate(self._out_sigs(spec)):
             lines.append(f"- `out{j}` is output {j}: {d}{list(s)}; `N{j}` = {math.prod(s)} (its element count). "
                          "Write every element.")
-        lines.append(f"- grid = (cdiv(N0, BLOCK),): program `tl.program_id(0)` covers output elements "
+        lines.append("- grid = (cdiv(N0, BLOCK),): program `tl.program_id(0)` covers output elements "
                      "[pid*BLOCK, (pid+1)*BLOCK) of out0; mask the tail. `BLOCK` must be a power of two.")
         return "\n".join(lines)
 

@@ -551,7 +551,7 @@ class SegmentReduceFamily(OpFamily):
         val = meta_val
 
         d_node, l_node, o_node, i_node = kw["data"], kw.get("lengths"), kw.get("offsets"), kw.get("indices")
-        data, lengths, offsets, indices = val(d_node), val(l_node), val(o_node), val(i_node)
+        data, lengths, offsets = val(d_node), val(l_node), val(o_node)
         if i_node is not None:
             return Skip("indices= is not served (only lengths or offsets)")
         if l_node is None and o_node is None:

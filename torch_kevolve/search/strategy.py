@@ -73,7 +73,7 @@ def exhaustive_search(
                     suspicious_speedup=suspicious_speedup)
 
 
-_EXECUTORS: dict[tuple[str, str], Any] = {}
+_EXECUTORS: dict[tuple[str, str, int], Any] = {}
 
 
 def shared_executor(name: str, device_type: str, timeout_s: float, workers_per_gpu: int = 0) -> Any:
@@ -83,7 +83,7 @@ def shared_executor(name: str, device_type: str, timeout_s: float, workers_per_g
 
     from ..harness import make_executor
 
-    key = (name, device_type)
+    key = (name, device_type, workers_per_gpu)
     if key not in _EXECUTORS:
         kw: dict[str, Any] = {"timeout_s": timeout_s}
         if name == "local" and device_type != "cuda":
