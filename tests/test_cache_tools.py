@@ -121,7 +121,7 @@ def test_show_prefix_ambiguity_and_story(golden):
     assert "# how the search found it" in text and "strategy mcts" in text and "evaluation" in text
     assert "--tree" in text and "@triton.jit" in text and "# metadata" in text
     h = ct.format_show(ct.resolve_key(store, golden.old))
-    assert "strategy exhaustive: 28 candidates evaluated" in h or "strategy exhaustive" in h
+    assert "strategy exhaustive" in h or "strategy mcts" in h  # shipped entries come from both
     assert "speedup" in h and "% of floor" in h and "NVIDIA H100" in h
     pts = ct.search_points(ct.resolve_key(store, golden.old).meta)
     curve = ct.best_so_far(pts)

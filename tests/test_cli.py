@@ -65,7 +65,7 @@ def test_cache_subcommands_wiring(store_dir, tmp_path, capsys):
     rc, cap = run("ls", "--dir", str(d), "--since", "not-a-date")
     assert rc == 2 and "not a date" in cap.err
     rc, cap = run("show", keys[0].split("/")[2][:8], "--dir", str(d))
-    assert rc == 0 and keys[0] in cap.out and "strategy exhaustive" in cap.out
+    assert rc == 0 and keys[0] in cap.out and ("strategy exhaustive" in cap.out or "strategy mcts" in cap.out)
     rc, cap = run("show", "embedding_bag", "--dir", str(d))
     assert rc == 2 and "ambiguous" in cap.err and "Traceback" not in cap.err
     rc, cap = run("stats", "--dir", str(d), "--json")

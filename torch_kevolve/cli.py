@@ -162,7 +162,7 @@ def cmd_prewarm(args: argparse.Namespace) -> int:
     report = Report()
     rc = 0
     try:
-        prewarm(models=models, targets=args.targets, size=args.size, settings=settings,
+        prewarm(models=models, targets=args.targets, size=args.size, settings=settings, device=args.device,
                 compile_models=not args.queue_only, retry_failed=args.retry_failed, progress=args.progress,
                 report=report)
     except KeyboardInterrupt:
@@ -186,6 +186,8 @@ def _add_prewarm_parser(sub: Any) -> None:
                    help="user models: functions returning (model, inputs); given alone, the zoo is not compiled")
     p.add_argument("--models", default=None, help="zoo models, comma-separated (default: all, unless targets given)")
     p.add_argument("--size", choices=["small", "large"], default="small", help="zoo model size (large: GPU-sized)")
+    p.add_argument("--device", default=None, help="where zoo models run and kernels are searched for "
+                   "(default: cuda if available, else cpu)")
     p.add_argument("--budget", default=None, help="per search: '64' evaluations, '120s' wall, '64,120s' (KEVOLVE_BUDGET)")
     p.add_argument("--executor", choices=["local", "inprocess", "ray"], default=None,
                    help="where candidates run: the parallel harness (local, default), this process, or ray")

@@ -74,6 +74,9 @@ class Settings:
     # max_candidates / search_budget_s
     patience: int | None = None  # stop after this many evaluations without a better verified time
     search_seed: int = 0  # the strategy's rng: same seed, same synthesizer and timer -> same search
+    # candidates evaluated per search step (0: the strategy's own default, 4 for MCTS). 1 makes every
+    # proposal see the results of all before it (an LLM's next prompt carries the last error).
+    search_batch: int = 0
     executor: str = "local"  # where candidates are evaluated: "local" worker pool, "inprocess", "ray"
     eval_timeout_s: float = 120.0  # one candidate's compile+verify+time in a worker, then it is killed
     # Ops Inductor lowers itself (a family's ``lowered_ops``): "auto" contests them on CUDA, where
@@ -112,6 +115,7 @@ class Settings:
             "patience": os.environ.get("KEVOLVE_PATIENCE"),
             "search_seed": os.environ.get("KEVOLVE_SEARCH_SEED"),
             "executor": os.environ.get("KEVOLVE_EXECUTOR"),
+            "search_batch": os.environ.get("KEVOLVE_SEARCH_BATCH"),
             "eval_timeout_s": os.environ.get("KEVOLVE_EVAL_TIMEOUT_S"),
             "contest": os.environ.get("KEVOLVE_CONTEST"),
             "workers_per_gpu": os.environ.get("KEVOLVE_WORKERS_PER_GPU"),
@@ -137,7 +141,7 @@ class Settings:
                 conv[k] = None if v is None else Path(v).expanduser()
             elif k in ("search_budget_s", "lock_timeout_s", "eval_timeout_s"):
                 conv[k] = float(v)
-            elif k in ("seeds", "max_candidates", "search_seed", "workers_per_gpu", "llm_max_tokens",
+            elif k in ("seeds", "max_candidates", "search_seed", "search_batch", "workers_per_gpu", "llm_max_tokens",
                        "llm_budget_tokens", "llm_concurrency"):
                 conv[k] = int(v)
             elif k == "patience":
@@ -157,6 +161,8 @@ class Settings:
             raise ValueError(f"KEVOLVE_SYNTHESIZER / synthesizer must be one of {SYNTHESIZERS}, got {s.synthesizer!r}")
         if s.llm_concurrency < 1 or s.llm_max_tokens < 1:
             raise ValueError("KEVOLVE_LLM_CONCURRENCY and KEVOLVE_LLM_MAX_TOKENS must be at least 1")
+        if s.search_batch < 0:
+            raise ValueError(f"KEVOLVE_SEARCH_BATCH / search_batch must be 0 (strategy default) or more, got {s.search_batch}")
         if s.contest not in CONTEST:
             raise ValueError(f"KEVOLVE_CONTEST / contest must be one of {CONTEST}, got {s.contest!r}")
         parse_budget(s.budget)  # fail here, not in the middle of a compile

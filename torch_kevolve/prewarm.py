@@ -223,6 +223,7 @@ def prewarm(
     size: str = "small",
     settings: Settings | None = None,
     timer: Any = None,
+    device: str | None = None,
     compile_models: bool = True,
     retry_failed: bool = False,
     progress: bool | None = None,
@@ -234,7 +235,8 @@ def prewarm(
 
     ``timer`` (tests, cost models) makes the searches run in this process with it. A
     ``KeyboardInterrupt`` (or one raised by ``on_done``) propagates; ``report`` (pass one in to keep
-    it) holds what was done until then."""
+    it) holds what was done until then. ``device``: where the zoo models run (default: the GPU if
+    there is one, else the CPU): kernels are searched for the device the model compiled on."""
     settings = settings or Settings.from_env()
     settings = replace(settings, mode="offline")
     report = report if report is not None else Report()
@@ -243,7 +245,8 @@ def prewarm(
         if compile_models:
             tg: dict[str, Callable[[], tuple]] = {}
             if models is not None or not targets:
-                tg.update(zoo_targets(models, size))
+                dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+                tg.update(zoo_targets(models, size, dev))
             for t in targets:
                 tg[t] = lambda t=t: load_target(t)
             collect(tg, settings, report, progress)

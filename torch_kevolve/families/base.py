@@ -126,6 +126,9 @@ class Match:
     spec: OpSpec
     inputs: list  # fx.Node | None, in canonical order
     result_users: dict[int, list] = field(default_factory=dict)  # output index -> getitem nodes
+    # A region match (several FX nodes served by one kernel, anchored at the node producing its output):
+    # names of the nodes the rewrite replaces; they become dead once the output is rewritten. () for one op.
+    region: tuple[str, ...] = ()
 
 
 @dataclass
@@ -196,6 +199,13 @@ class OpFamily(ABC):
             torch.float32: (1e-4, 1e-4),
             torch.float64: (1e-9, 1e-9),
         }.get(dtype, (0.0, 0.0))
+
+    def compare(self, spec: OpSpec, inputs: Sequence[torch.Tensor | None], outs: Sequence[torch.Tensor],
+                refs: Sequence[torch.Tensor]) -> str | None:
+        """Semantic check of a kernel's outputs, for ops whose correct answer is not unique (indices
+        of tied keys, unordered results): "" when correct, else why not. None (default): compare each
+        output with the reference numerically under :meth:`tolerance`."""
+        return None
 
     def floor_bytes(self, spec: OpSpec) -> int:
         """Bytes that must move (each input read once, each output written once)."""

@@ -56,6 +56,10 @@ class Job:
     timer: str = "default"  # "default": do_bench on GPU / wall clock on CPU; "none": verify only
     job_id: str = ""
     baseline: str = ""  # "eager" | "inductor": time the baseline instead of a candidate (no source)
+    # Verification cases recorded by the caller (``search.evaluate.record_cases``) for an op that
+    # exists only in the caller's process: the worker loads them instead of computing references.
+    cases_file: str = ""
+    cases_digest: str = ""
 
     @staticmethod
     def of(
@@ -66,12 +70,13 @@ class Job:
         seed_base: int = 0,
         timer: str = "default",
         job_id: str = "",
+        cases: tuple[str, str] = ("", ""),
     ) -> "Job":
         name = family if isinstance(family, str) else family.name
         return Job(
             family=name, spec_json=spec.to_json(), source=cand.source, config=tuple(cand.config),
             origin=cand.origin, template=cand.template, seeds=seeds, seed_base=seed_base, timer=timer,
-            job_id=job_id,
+            job_id=job_id, cases_file=cases[0], cases_digest=cases[1],
         )
 
     def candidate(self) -> Candidate:
@@ -102,9 +107,11 @@ def make_jobs(
     seeds: int = 3,
     seed_base: int = 0,
     timer: str = "default",
+    cases: tuple[str, str] = ("", ""),
 ) -> list[Job]:
-    """Jobs for ``cands`` on one spec, ids ``"<i>"`` in order."""
-    return [Job.of(family, spec, c, seeds, seed_base, timer, job_id=str(i)) for i, c in enumerate(cands)]
+    """Jobs for ``cands`` on one spec, ids ``"<i>"`` in order; ``cases`` = (file, sha256) of recorded
+    verification cases, for ops only the caller's process can run."""
+    return [Job.of(family, spec, c, seeds, seed_base, timer, job_id=str(i), cases=cases) for i, c in enumerate(cands)]
 
 
 @dataclass
@@ -172,7 +179,8 @@ class EvaluatorCache:
         from ..spec import OpSpec
 
         spec_key = OpSpec.from_json(job.spec_json).key
-        return (job.family, spec_key, job.seeds, job.seed_base, job.timer if timer is None else id(timer))
+        return (job.family, spec_key, job.seeds, job.seed_base, job.timer if timer is None else id(timer),
+                job.cases_digest)
 
     def get(self, job: Job, timer: "Timer | None" = None) -> "Evaluator":
         from ..families import get_family
@@ -184,8 +192,14 @@ class EvaluatorCache:
         if hit is not None:
             self._d.move_to_end(key)
             return hit[0]
-        ev = Evaluator(get_family(job.family), OpSpec.from_json(job.spec_json), timer=timer or _timer_for(job.timer),
-                       seeds=job.seeds, seed_base=job.seed_base)
+        if job.cases_file:
+            from ..search.evaluate import RecordedEvaluator
+
+            ev: Evaluator = RecordedEvaluator(get_family(job.family), job.cases_file, job.cases_digest,
+                                              timer=timer or _timer_for(job.timer))
+        else:
+            ev = Evaluator(get_family(job.family), OpSpec.from_json(job.spec_json), timer=timer or _timer_for(job.timer),
+                           seeds=job.seeds, seed_base=job.seed_base)
         self._d[key] = (ev, _checksum(ev))  # builds the cases now, outside any candidate's run
         while len(self._d) > self.size:
             self._d.popitem(last=False)

@@ -236,7 +236,10 @@ class Evaluator:
                     return Diagnostics("verify", "kernel modified an input", case=name, cases_checked=n)
             if _aliases(outs, [*inputs, *refs]):
                 return Diagnostics("verify", "an output aliases an input or reference buffer", case=name, cases_checked=n)
-            for j, (o, r) in enumerate(zip(outs, refs)):
+            semantic = self.family.compare(sp, inputs, outs, refs)  # None: numeric, below
+            if semantic:
+                return Diagnostics("verify", semantic, case=name, cases_checked=n)
+            for j, (o, r) in enumerate(zip(outs, refs) if semantic is None else ()):
                 rtol, atol = self.family.tolerance(o.dtype)
                 ok, mabs, mrel, where = compare(o, r, rtol, atol)
                 if not ok:
@@ -342,3 +345,80 @@ class Evaluator:
                                                        self.spec.describe(), type(e).__name__, e)
         self._baselines[kind] = ms
         return ms
+
+
+# ------------------------------------------------------------------------------------------------
+# Cases computed in one process, candidates judged in another
+# ------------------------------------------------------------------------------------------------
+CASES_FORMAT = 1
+
+
+def record_cases(evaluator: Evaluator, path: str, fresh: int = 8) -> str:
+    """Write ``evaluator``'s verification cases (inputs and reference outputs) plus a pool of
+    ``fresh`` unseen cases to ``path``; returns the file's sha256.
+
+    Why: a user's custom op exists only in the process that defined it, so a harness worker cannot
+    compute its reference. The caller computes the cases once, workers load them
+    (:class:`RecordedEvaluator`) and run the untrusted candidates there, never in the user's process.
+    """
+    import hashlib
+
+    def cpu(ts: Sequence[torch.Tensor | None]) -> list:
+        return [None if t is None else t.detach().cpu() for t in ts]
+
+    doc = {"format": CASES_FORMAT, "spec": evaluator.spec.to_json(), "seeds": list(evaluator.seeds),
+           "cases": [(n, sp.to_json(), cpu(i), cpu(r)) for n, sp, i, r in evaluator.cases()],  # type: ignore[misc]
+           "fresh": []}
+    saved = evaluator.fresh_seeds
+    evaluator.fresh_seeds = fresh
+    try:
+        doc["fresh"] = [(n, sp.to_json(), cpu(i), cpu(r)) for n, sp, i, r in evaluator._fresh_cases()]
+    finally:
+        evaluator.fresh_seeds = saved
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        torch.save(doc, f)
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+class RecordedEvaluator(Evaluator):
+    """An Evaluator over cases another process recorded (:func:`record_cases`): verification and
+    timing as usual; fresh cases come from the recorded pool in turn; there is no baseline here (the
+    op it would run lives in the recording process)."""
+
+    def __init__(self, family: OpFamily, path: str, digest: str, device: torch.device | str | None = None,
+                 timer: Timer | None = None, fresh_seeds: int = 1, gate: Any = None) -> None:
+        import hashlib
+
+        raw = open(path, "rb").read()
+        if hashlib.sha256(raw).hexdigest() != digest:
+            raise ValueError(f"recorded cases {path} do not match their checksum: refusing them")
+        import io
+
+        doc = torch.load(io.BytesIO(raw), weights_only=True)
+        if doc.get("format") != CASES_FORMAT:
+            raise ValueError(f"recorded cases {path}: format {doc.get('format')!r}, expected {CASES_FORMAT}")
+        spec = OpSpec.from_json(doc["spec"])
+        super().__init__(family, spec, device=device, timer=timer, seeds=0, fresh_seeds=fresh_seeds, gate=gate)
+        self.seeds = list(doc["seeds"])
+        dev = self.device
+
+        def load(rows: list) -> list:
+            return [(n, OpSpec.from_json(sp), [None if t is None else t.to(dev) for t in i],
+                     [None if t is None else t.to(dev) for t in r]) for n, sp, i, r in rows]
+
+        self._cases = load(doc["cases"])  # type: ignore[assignment]
+        self._pool = load(doc["fresh"])
+        self._next = 0
+
+    def _fresh_cases(self) -> list[tuple[str, OpSpec, list, list]]:
+        if not self._pool:
+            return []
+        out = []
+        for _ in range(min(self.fresh_seeds, len(self._pool))):
+            out.append(self._pool[self._next % len(self._pool)])
+            self._next += 1
+        return out
+
+    def baseline_fn(self, kind: str = "eager") -> Callable[[], Any]:
+        raise RuntimeError("recorded cases carry no baseline: the op runs only in the process that recorded them")

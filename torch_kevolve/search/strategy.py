@@ -95,14 +95,16 @@ def shared_executor(name: str, device_type: str, timeout_s: float, workers_per_g
     return _EXECUTORS[key]
 
 
-def harness_batch(family: OpFamily, spec: OpSpec, settings: "Settings") -> "EvaluateBatch":
-    """Evaluate batches in the isolated harness (static check, worker processes, time limit)."""
+def harness_batch(family: OpFamily, spec: OpSpec, settings: "Settings", cases: tuple[str, str] = ("", "")
+                  ) -> "EvaluateBatch":
+    """Evaluate batches in the isolated harness (static check, worker processes, time limit);
+    ``cases``: recorded verification cases (file, sha256) for an op workers cannot run themselves."""
     from ..harness.worker import make_jobs
 
     executor = shared_executor(settings.executor, spec.device.type, settings.eval_timeout_s, settings.workers_per_gpu)
 
     def run(cands: list) -> list[ScoredResult]:
-        return list(executor.map(make_jobs(family, spec, cands, seeds=settings.seeds)))
+        return list(executor.map(make_jobs(family, spec, cands, seeds=settings.seeds, cases=cases)))
 
     return run
 
@@ -138,7 +140,6 @@ def search_spec(
 
     ``evaluate_batch`` defaults to the in-process Evaluator loop; pass an executor's batch
     evaluation (e.g. the parallel harness) to score candidates elsewhere."""
-    from ..store import Entry
 
     if synth is None:
         from ..llm.synthesizer import make_synthesizer
@@ -166,19 +167,51 @@ def search_spec(
     evaluator = Evaluator(family, spec, device=device, timer=timer, seeds=settings.seeds, floor_bw=bw)
     kind = baseline_kind(family, spec)
     in_process = timer is not None or settings.executor == "inprocess"
-    if not in_process and getattr(family, "caller_process_only", False):
-        # the op lives in the caller's process (a user's custom op): harness workers cannot call it
-        from ..log import info_once
+    caller_only = getattr(family, "caller_process_only", False)
+    if not in_process and caller_only and settings.executor != "local":
+        # recorded cases travel as a file on this host; remote (Ray) workers could not read it
+        from ..log import warn_once
 
-        info_once("kevolve: %s family: evaluating candidates in this process (harness workers cannot call "
-                  "the user's op)", family.name)
+        warn_once("kevolve: %s family: candidates for ops defined in this process are judged by local harness "
+                  "workers only; executor %r -> evaluating them in this process", family.name, settings.executor)
         in_process = True
-    if evaluate_batch is None:
-        # Injected timers (tests, cost models) only exist in this process; otherwise the harness judges.
-        evaluate_batch = sequential_batch(evaluator) if in_process else harness_batch(family, spec, settings)
-        baseline = evaluator.baseline_ms(kind) if in_process else harness_baseline(family, spec, settings, kind)
-    else:
-        baseline = evaluator.baseline_ms(kind)
+    tmpdir = None
+    try:
+        if evaluate_batch is None:
+            # Injected timers (tests, cost models) only exist in this process; otherwise the harness judges.
+            if in_process:
+                evaluate_batch = sequential_batch(evaluator)
+                baseline = evaluator.baseline_ms(kind)
+            elif caller_only:
+                # The op exists only here (a user's custom op): compute the cases here, judge the
+                # untrusted candidates in workers over them; the baseline is the op itself, run here.
+                import tempfile
+
+                from .evaluate import record_cases
+
+                tmpdir = tempfile.mkdtemp(prefix="kevolve-cases-")
+                path = f"{tmpdir}/cases.pt"
+                cases = (path, record_cases(evaluator, path))
+                evaluate_batch = harness_batch(family, spec, settings, cases=cases)
+                baseline = evaluator.baseline_ms(kind)
+            else:
+                evaluate_batch = harness_batch(family, spec, settings)
+                baseline = harness_baseline(family, spec, settings, kind)
+        else:
+            baseline = evaluator.baseline_ms(kind)
+        return _search(family, spec, settings, synth, evaluator, evaluate_batch, baseline, kind, on_cpu, bw)
+    finally:
+        if tmpdir is not None:
+            import shutil
+
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _search(family: OpFamily, spec: OpSpec, settings: "Settings", synth: Any, evaluator: Evaluator,
+            evaluate_batch: EvaluateBatch, baseline: float | None, kind: str, on_cpu: bool, bw: float | None,
+            ) -> tuple["Entry | None", SearchOutcome]:
+    from ..store import Entry
+
     strategy = get_strategy(settings.search)
     budget = settings_budget(settings, on_cpu)
     watch = getattr(synth, "watch", None)
@@ -187,6 +220,7 @@ def search_spec(
     outcome = strategy(
         family, spec, synth, evaluate_batch, budget, settings.search_seed,
         baseline_ms=baseline,  # before the search: MCTS rewards are speedups over it
+        **({"batch": settings.search_batch} if settings.search_batch else {}),
     )
     outcome.baseline_kind = kind
     outcome = finalize(outcome, evaluate_batch, reverify=evaluator.reverify,

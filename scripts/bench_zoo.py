@@ -1,0 +1,174 @@
+"""Zoo models end to end on the GPU: eager vs Inductor vs kevolve (warm store), one forward each.
+
+    PYTHONPATH=. python3 scripts/bench_zoo.py [--models dlrm,hstu] [--size large] [--budget 24,90s]
+                                              [--store DIR] [--no-prewarm]
+
+For each model: the eager forward, ``torch.compile`` (Inductor), and ``backend="kevolve"`` after a
+prewarm of the model's misses into the store (``kevolve prewarm`` on that model, with ``--budget`` per
+search), then compiled in cache mode (stored kernels only, no search at compile time). Timed with
+``triton.testing.do_bench`` (median) under ``torch.no_grad()``; each compiled output checked against
+eager. Writes $OUT/bench_zoo.json, $OUT/bench_zoo.png and $OUT/zoo_cache.tar (the store's entries)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tarfile
+import tempfile
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+
+def do_bench(fn) -> float:
+    from triton.testing import do_bench as db
+
+    return float(db(fn, warmup=10, rep=60, return_mode="median"))
+
+
+def close(a: Any, b: Any, tol: float) -> bool:
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(close(x, y, tol) for x, y in zip(a, b))
+    return bool(torch.allclose(a.float(), b.float(), rtol=tol, atol=tol))
+
+
+def err(a: Any, b: Any) -> float:
+    if isinstance(a, (tuple, list)):
+        return max(err(x, y) for x, y in zip(a, b))
+    return float((a.float() - b.float()).abs().max())
+
+
+def run_model(name: str, size: str, store: Path, budget: str, prewarm: bool) -> dict:
+    from torch_kevolve import stats
+    from torch_kevolve.config import Settings
+    from torch_kevolve.lowering import REPORTS
+    from torch_kevolve.prewarm import format_report
+    from torch_kevolve.prewarm import prewarm as run_prewarm
+    from torch_kevolve.zoo import MODELS
+
+    row: dict = {"model": name, "size": size}
+    torch.manual_seed(0)
+    model, inputs = MODELS[name](size=size, device="cuda")
+    with torch.no_grad():
+        ref = model(*inputs)
+        torch.cuda.synchronize()
+        row["eager_ms"] = do_bench(lambda: model(*inputs))
+    tol = 2e-2 if any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters()) else 1e-3
+    if prewarm:
+        t0 = time.time()
+        try:
+            settings = Settings.from_env({"cache_dir": str(store), "budget": budget})
+            rep = run_prewarm(models=[name], size=size, device="cuda", settings=settings, progress=False)
+            row["prewarm_s"] = time.time() - t0
+            row["prewarm"] = [asdict(r) for r in rep.rows]
+            print(format_report(rep), flush=True)
+        except Exception as e:  # noqa: BLE001
+            row["prewarm_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            traceback.print_exc()
+    variants = [("inductor", dict()), ("kevolve", dict(backend="kevolve", options={"mode": "cache"}))]
+    for vname, kw in variants:
+        try:
+            torch._dynamo.reset()
+            REPORTS.clear()
+            stats.reset()
+            t0 = time.time()
+            with torch.no_grad():
+                c = torch.compile(model, **kw)
+                out = c(*inputs)
+                torch.cuda.synchronize()
+                row[f"{vname}_compile_s"] = time.time() - t0
+                row[f"{vname}_ok"] = close(out, ref, tol)
+                row[f"{vname}_max_err"] = err(out, ref)
+                row[f"{vname}_ms"] = do_bench(lambda: c(*inputs))
+            if vname == "kevolve":
+                row["kevolve_decisions"] = sorted({f"{f.op}: {f.decision}" for rep in REPORTS for f in rep})
+                row["kevolve_stats"] = stats.snapshot()
+        except Exception as e:  # noqa: BLE001
+            row[f"{vname}_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            traceback.print_exc()
+    if "kevolve_ms" in row and "inductor_ms" in row:
+        row["kevolve_vs_inductor"] = row["inductor_ms"] / row["kevolve_ms"]
+        row["kevolve_vs_eager"] = row["eager_ms"] / row["kevolve_ms"]
+    torch._dynamo.reset()
+    torch.cuda.empty_cache()
+    return row
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plot")
+        return
+    fig, ax = plt.subplots(figsize=(max(5, 1.8 * len(rows)), 4))
+    w = 0.27
+    for i, (k, label) in enumerate([("eager", "eager"), ("inductor", "Inductor"), ("kevolve", "kevolve")]):
+        ax.bar([j + (i - 1) * w for j in range(len(rows))],
+               [r["eager_ms"] / r[f"{k}_ms"] if r.get(f"{k}_ms") else 0 for r in rows], w, label=label)
+    ax.axhline(1.0, color="k", lw=0.6)
+    ax.set_xticks(range(len(rows)), [r["model"] for r in rows])
+    ax.set_ylabel("speedup over eager (higher is better)")
+    ax.set_title(f"zoo forward, {torch.cuda.get_device_name()} — torch {torch.__version__}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="dlrm,seqrec,hstu,transformer,custom_op")
+    ap.add_argument("--size", default="large")
+    ap.add_argument("--budget", default="24,90s", help="per search: evaluations and/or wall time")
+    ap.add_argument("--store", default="")
+    ap.add_argument("--no-prewarm", action="store_true")
+    args = ap.parse_args()
+    out = Path(os.environ.get("OUT", "out"))
+    out.mkdir(parents=True, exist_ok=True)
+    store = Path(args.store or tempfile.mkdtemp(prefix="kevolve-zoo-"))
+    os.environ["KEVOLVE_CACHE_DIR"] = str(store)
+    import triton
+
+    import torch_kevolve  # noqa: F401  (registers the backend)
+
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
+    print(json.dumps(meta), flush=True)
+    rows = []
+    for name in filter(None, args.models.split(",")):
+        t0 = time.time()
+        try:
+            row = run_model(name, args.size, store, args.budget, not args.no_prewarm)
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory building one model: the others still run
+            row = {"model": name, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+            traceback.print_exc()
+        print(json.dumps({k: v for k, v in row.items() if k not in ("kevolve_decisions", "prewarm")}, default=str),
+              f"({time.time() - t0:.0f}s)", flush=True)
+        for d in row.get("kevolve_decisions", []):
+            print("   ", d)
+        rows.append(row)
+        (out / "bench_zoo.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
+    rows_ok = [r for r in rows if r.get("eager_ms")]
+    plot(rows_ok, out / "bench_zoo.png")
+    print(f"\n{'model':12s} {'eager':>8s} {'induct':>8s} {'kevolve':>8s} {'vs ind':>7s} {'vs eag':>7s} ok")
+    for r in rows:
+        f = lambda k: f"{r[k]:8.3f}" if isinstance(r.get(k), float) else f"{'-':>8s}"  # noqa: E731
+        print(f"{r['model']:12s} {f('eager_ms')} {f('inductor_ms')} {f('kevolve_ms')} "
+              f"{r.get('kevolve_vs_inductor', 0):6.2f}x {r.get('kevolve_vs_eager', 0):6.2f}x {r.get('kevolve_ok')}")
+    with tarfile.open(out / "zoo_cache.tar", "w") as tf:
+        if (store / "v1").exists():
+            tf.add(store / "v1", arcname="v1")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
