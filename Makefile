@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 TRITON_PIN ?= triton==3.6.0
 
-.PHONY: venv browser demo test clean
+.PHONY: venv browser demo test chaos clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -34,6 +34,11 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+# Issue 10's long run: the hostile-input property tests with 20x their `make test` example counts
+# (2,000 per family; -s prints the PROPERTY figure lines). See RELIABILITY.md for its time.
+chaos: venv
+	KEVOLVE_PROPERTY_SCALE=20 $(PY) -m pytest -q -s tests/test_properties.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

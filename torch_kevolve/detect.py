@@ -106,6 +106,34 @@ def long_tail_reason(node: fx.Node, contest: str = "auto") -> str | None:
     return None
 
 
+def match_node(fam: Any, node: fx.Node) -> Match | Skip:
+    """``fam.match(node)``; with symbolic sizes, the match of the size hints turned into a bucketed
+    spec (``torch_kevolve.dynamic``) for families that allow it, else a Skip saying why."""
+    from . import dynamic
+
+    # symbolic *inputs* make a bucket; an output whose size only the data decides (bincount's) is the
+    # family's own business (it may prove that size static)
+    if not any(dynamic.symbolic(n.meta.get("val")) for n in node.all_input_nodes):
+        return fam.match(node)
+    if not getattr(fam, "dynamic_ok", False):
+        return Skip("dynamic shapes: this family serves static shapes only")
+    try:
+        with dynamic.concrete_meta(node):
+            m = fam.match(node)
+    except ValueError as e:
+        return Skip(f"dynamic shapes: {e}")
+    if isinstance(m, Skip):
+        return m
+    dyn = dynamic.dynamic_of(m.inputs, m.spec)
+    if isinstance(dyn, str):
+        return Skip(f"dynamic shapes: {dyn}")
+    import dataclasses
+
+    m.spec = dataclasses.replace(m.spec, dynamic=dyn.entries)
+    m.dynamic = dyn
+    return m
+
+
 @dataclass
 class Finding:
     node: str
@@ -131,7 +159,7 @@ def detect(graph: fx.Graph, contest: str = "auto") -> list[Finding]:
             findings.append(Finding(node.name, name, reason, None, "no family", "no template family or synthesizer for this op yet"))
             continue
         try:
-            m = fam.match(node)
+            m = match_node(fam, node)
         except Exception as e:  # noqa: BLE001 - a detection bug must not break the user's compile
             log.warning("kevolve: %s.match failed on %s: %s", fam.name, node.name, e)
             m = Skip(f"match error: {type(e).__name__}: {e}")
@@ -139,6 +167,47 @@ def detect(graph: fx.Graph, contest: str = "auto") -> list[Finding]:
             findings.append(Finding(node.name, name, reason, fam.name, "skipped", m.reason))
         else:
             findings.append(Finding(node.name, name, reason, fam.name, "candidate", m.spec.describe(), m.spec.key, match=m))
+    findings += detect_regions(graph, contest)
     for f in findings:
         log.info("kevolve detect: %s %s — %s; %s %s", f.node, f.op, f.reason, f.status, f.detail)
+    return findings
+
+
+REGION = "region: Inductor lowers it op by op (materialising intermediates); contested as one kernel"
+
+
+def detect_regions(graph: fx.Graph, contest: str = "auto") -> list[Finding]:
+    """Findings for *regions*: FX subgraphs a region family serves with one kernel, matched at the node
+    producing the region's output (an op in the family's ``region_anchors``). Every op of a region is
+    lowered by Inductor, so regions are contested: found only where ``contest`` contests lowered ops.
+    A family's Skip starting with ``"no region: "`` means the pattern is absent (no finding)."""
+    from .families import all_families
+
+    fams = [f for f in all_families() if getattr(f, "region_anchors", ())]
+    findings: list[Finding] = []
+    if not fams:
+        return findings
+    for node in list(graph.nodes):
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        name = op_name(node.target)
+        if not any(name in f.region_anchors for f in fams) or not contests(contest, node_device(node)):
+            continue
+        for fam in fams:
+            if name not in fam.region_anchors:
+                continue
+            try:
+                m = fam.match(node)
+            except Exception as e:  # noqa: BLE001 - a detection bug must not break the user's compile
+                log.warning("kevolve: %s.match failed on %s: %s", fam.name, node.name, e)
+                m = Skip(f"match error: {type(e).__name__}: {e}")
+            if isinstance(m, Skip) and m.reason.startswith("no region: "):
+                continue
+            op = f"kevolve_region.{fam.name}"
+            if isinstance(m, Skip):
+                findings.append(Finding(node.name, op, REGION, fam.name, "skipped", m.reason))
+            else:
+                findings.append(Finding(node.name, m.spec.op, REGION, fam.name, "candidate",
+                                        f"{m.spec.describe()} [{len(m.region)} nodes]", m.spec.key, match=m))
+            break
     return findings

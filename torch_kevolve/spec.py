@@ -47,6 +47,12 @@ class TensorSig:
 
     @staticmethod
     def of(t: torch.Tensor) -> "TensorSig":
+        """The signature of a real or fake tensor with static sizes. Symbolic sizes/strides (SymInts,
+        ``dynamic=True``) raise ValueError: ``int()`` on them would specialize the graph to this one
+        size, and a kernel verified for it must never be served to the others (families check this
+        first and skip the node; this is the safety net for one that forgets)."""
+        if not all(type(s) is int for s in (*t.shape, *t.stride())):
+            raise ValueError("symbolic sizes/strides (dynamic shapes not served yet)")
         return TensorSig(str(t.dtype).replace("torch.", ""), bucket_shape(t.shape), tuple(int(s) for s in t.stride()))
 
     @property
@@ -106,6 +112,9 @@ class OpSpec:
     consts: tuple[tuple[str, Any], ...]
     device: DeviceSig
     versions: tuple[tuple[str, str], ...] = field(default=())
+    # Bucketed symbolic sizes (``torch_kevolve.dynamic``): (kind, arg, dim, symbol, lo, hi) entries;
+    # ``args`` then hold the sizes the spec was found with. Empty for a static spec.
+    dynamic: tuple[tuple, ...] = field(default=())
 
     # -- helpers ---------------------------------------------------------------------------------
     def const(self, name: str, default: Any = None) -> Any:
@@ -117,7 +126,15 @@ class OpSpec:
     def _loose_obj(self) -> dict:
         d = asdict(self)
         d.pop("versions")
+        d.pop("dynamic")
         d["schema"] = SCHEMA_VERSION
+        if self.dynamic:  # a bucket: its ranges, not the sizes it was found with (static keys unchanged)
+            from .dynamic import masked_args
+
+            d["args"] = masked_args(self)
+            names: dict[str, str] = {}  # symbols by first appearance: s3/s7 in one graph = s0/s1 in another
+            d["dynamic"] = [[k, i, dim, names.setdefault(sym, f"s{len(names)}") if sym else "", lo, hi]
+                            for k, i, dim, sym, lo, hi in self.dynamic]
         return d
 
     @property
@@ -143,6 +160,7 @@ class OpSpec:
             "consts": [[k, v] for k, v in self.consts],
             "device": asdict(self.device),
             "versions": [list(v) for v in self.versions],
+            **({"dynamic": [list(e) for e in self.dynamic]} if self.dynamic else {}),
         }
 
     @staticmethod
@@ -156,9 +174,15 @@ class OpSpec:
             consts=tuple((k, _tuplize(v)) for k, v in d["consts"]),
             device=DeviceSig(**d["device"]),
             versions=tuple((k, v) for k, v in d["versions"]),
+            dynamic=tuple(tuple(e) for e in d.get("dynamic", ())),
         )
 
     def describe(self) -> str:
         sig = ", ".join("None" if a is None else f"{a.dtype}{list(a.shape)}" for a in self.args)
         consts = ", ".join(f"{k}={v}" for k, v in self.consts)
-        return f"{self.op}({sig}; {consts}) on {self.device.name}"
+        text = f"{self.op}({sig}; {consts}) on {self.device.name}"
+        if self.dynamic:
+            from .dynamic import describe
+
+            text += f" [buckets {describe(self)}]"
+        return text

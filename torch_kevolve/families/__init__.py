@@ -23,7 +23,13 @@ def _load_builtin() -> None:
         return
     _loaded = True
     from . import bucketize, cumextrema, embedding_bag, jagged, scatter, segment_reduce  # noqa: F401  (each registers itself)
+    from . import argreduce, scan  # noqa: F401  (cumsum/cumprod/logcumsumexp; argmax/argmin)
+    from . import sort  # noqa: F401  (sort/argsort, topk, kthvalue, median)
+    from . import histogram  # noqa: F401  (histc, bincount)
     from . import generic  # noqa: F401  (the fallback for custom ops: see family_for_op)
+    from . import hstu_attention  # noqa: F401  (a region family: see detect.detect_regions)
+    from . import embedding_bag_backward  # noqa: F401  (training: nn.EmbeddingBag's dense weight gradient)
+    from . import segment_reduce_backward  # noqa: F401  (training: segment_reduce's gradient, sum/mean)
 
 
 def get_family(name: str) -> OpFamily:

@@ -129,6 +129,8 @@ class Match:
     # A region match (several FX nodes served by one kernel, anchored at the node producing its output):
     # names of the nodes the rewrite replaces; they become dead once the output is rewritten. () for one op.
     region: tuple[str, ...] = ()
+    # A bucketed match (dynamic shapes): the SymInts to guard when a kernel is served (``dynamic.Dynamic``)
+    dynamic: Any = None
 
 
 @dataclass
@@ -144,6 +146,9 @@ class OpFamily(ABC):
     #: uses a stored kernel only where it was measured faster than that kernel on the device.
     lowered_ops: tuple[str, ...] = ()
     template_version: str = "1"
+    #: symbolic sizes (``dynamic=True``) may be served in power-of-two buckets (``torch_kevolve.dynamic``):
+    #: only for families whose constants and kernel configs never depend on those sizes
+    dynamic_ok: bool = False
 
     def inductor_fallback_reason(self, node: Any) -> str | None:
         """For an op in ``lowered_ops``: why Inductor's lowering calls the ATen kernel for this node

@@ -544,6 +544,22 @@ class BucketizeFamily(OpFamily):
         return None
 
     # -- semantics -------------------------------------------------------------------------------
+    def input_error(self, spec: OpSpec, inputs: Sequence[torch.Tensor | None]) -> str | None:
+        """Inputs the kernels were not verified for (the runtime then runs eager): a sorter entry
+        outside ``[0, M)`` (eager raises; the kernels mask the read, never out of bounds) and unsorted
+        boundaries (documented as undefined; eager's binary search and the counting templates answer
+        differently, so eager's answer is the one given)."""
+        _, b, s = inputs
+        assert b is not None
+        m = b.shape[-1] if b.dim() else 0
+        if s is not None and s.numel():
+            if int(s.min()) < 0 or int(s.max()) >= m:
+                return "searchsorted sorter index out of range"
+            b = torch.gather(b, -1, s)
+        if m > 1 and b.dtype != torch.bool and bool((b[..., 1:] < b[..., :-1]).any()):
+            return "bucketize boundaries not sorted"
+        return None
+
     def eager(self, spec: OpSpec, inputs: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
         x, b, s = inputs
         assert x is not None and b is not None

@@ -63,7 +63,8 @@ _BAG_BOUNDS = '''
 
 @triton.jit
 def _bag_bounds(offsets_ptr, bag, num_bags, num_indices, stride_off, INCLUDE_LAST_OFFSET: tl.constexpr):
-    """[start, end) of ``bag`` (int64; scalar or vector). ``bag`` must be in [0, num_bags)."""
+    """[start, end) of ``bag`` (int64; scalar or vector), inside [0, num_indices). ``bag`` must be in
+    [0, num_bags)."""
     start = tl.load(offsets_ptr + bag * stride_off).to(tl.int64)
     if INCLUDE_LAST_OFFSET:
         end = tl.load(offsets_ptr + (bag + 1) * stride_off).to(tl.int64)
@@ -72,6 +73,9 @@ def _bag_bounds(offsets_ptr, bag, num_bags, num_indices, stride_off, INCLUDE_LAS
         nxt = tl.minimum(bag + 1, num_bags - 1)
         end = tl.load(offsets_ptr + nxt * stride_off).to(tl.int64)
         end = tl.where(bag + 1 < num_bags, end, num_indices)
+    # Bad offsets (eager raises on them) must not read outside the indices: clamp to [0, num_indices].
+    start = tl.minimum(tl.maximum(start, 0), num_indices)
+    end = tl.minimum(tl.maximum(end, start), num_indices)
     return start, end
 '''
 
@@ -379,6 +383,7 @@ class EmbeddingBagFamily(OpFamily):
     name = "embedding_bag"
     ops = _OPS
     template_version = "1"
+    dynamic_ok = True  # consts are modes and flags; configs depend on D (static), never on N or B
 
     # -- specs -----------------------------------------------------------------------------------
     @staticmethod
@@ -499,10 +504,32 @@ class EmbeddingBagFamily(OpFamily):
         return Match(spec=spec, inputs=[w_node, i_node, o_node, p_node], result_users={0: result_users})
 
     # -- semantics -------------------------------------------------------------------------------
+    def input_error(self, spec: OpSpec, inputs: Sequence[torch.Tensor | None]) -> str | None:
+        """Values eager rejects (the runtime then runs eager, which raises): indices outside the table,
+        offsets not starting at 0, decreasing, or past the indices. The kernels mask such entries (never
+        out of bounds) but their result is not eager's error."""
+        weight, indices, offsets, _ = inputs
+        assert weight is not None and indices is not None and offsets is not None
+        idx, off = indices.reshape(-1), offsets.reshape(-1)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= weight.shape[0]):
+            return "embedding_bag indices out of range"
+        if off.numel():
+            if int(off[0]) != 0:
+                return "embedding_bag offsets[0] is not 0"
+            if off.numel() > 1 and bool((off[1:] < off[:-1]).any()):
+                return "embedding_bag offsets decrease"
+            if int(off[-1]) > idx.numel():
+                return "embedding_bag offsets past the indices"
+        return None
+
     def eager(self, spec: OpSpec, inputs: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
         op = (torch.ops.aten._embedding_bag_forward_only.default if "forward_only" in spec.op
               else torch.ops.aten._embedding_bag.default)
         weight, indices, offsets, psw = inputs
+        # The ATen kernel reads indices/offsets/per_sample_weights as if contiguous (embedding_bag
+        # makes them so before calling it): a strided view would be read wrong, even out of bounds.
+        indices, offsets = indices.contiguous(), offsets.contiguous()
+        psw = None if psw is None else psw.contiguous()
         out = op(weight, indices, offsets, False, int(spec.const("mode")), False, psw,
                  bool(spec.const("include_last_offset")), int(spec.const("padding_idx")))[0]
         return [out]

@@ -667,6 +667,28 @@ class JaggedFamily(OpFamily):
                 "only: this node calls the ATen kernel")
 
     # -- semantics -------------------------------------------------------------------------------
+    def input_error(self, spec: OpSpec, inputs: Sequence[torch.Tensor | None]) -> str | None:
+        """Offsets the kernels were not verified for (the runtime then runs eager, which raises or
+        defines the result): decreasing or negative, past the values (to padded), not ending at
+        total_L or longer than the padded length (to jagged). The kernels read such rows as padding or
+        skip them (never out of bounds)."""
+        data, off = inputs
+        assert data is not None and off is not None
+        o = off.reshape(-1)
+        if o.numel() > 1 and bool((o[1:] < o[:-1]).any()):
+            return "jagged offsets decrease"
+        if o.numel() and int(o.min()) < 0:
+            return "jagged offsets negative"
+        if spec.op == J2P:
+            if o.numel() and int(o.max()) > data.shape[0]:
+                return "jagged offsets past the values"
+            return None
+        if int(o[0]) != 0 or int(o[-1]) != int(spec.const("total_L")):
+            return "jagged offsets do not span total_L"
+        if o.numel() > 1 and int((o[1:] - o[:-1]).max()) > data.shape[1]:
+            return "jagged sequence longer than the padded length"
+        return None
+
     def eager(self, spec: OpSpec, inputs: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
         data, off = inputs
         if spec.op == J2P:

@@ -986,6 +986,20 @@ class ScatterFamily(OpFamily):
         return None
 
     # -- semantics -------------------------------------------------------------------------------
+    def input_error(self, spec: OpSpec, inputs: Sequence[torch.Tensor | None]) -> str | None:
+        """Indices eager rejects (the runtime then runs eager, which raises): outside ``[0, size)`` for
+        scatter, ``[-size, size)`` for index_put. The kernels skip them (never out of bounds), but
+        their result is not eager's error."""
+        x, idx, _ = inputs
+        assert x is not None and idx is not None
+        if idx.numel() == 0:
+            return None
+        size = x.shape[int(spec.const("dim"))] if x.dim() else 1
+        lo = -size if spec.op == INDEX_PUT else 0
+        if int(idx.min()) < lo or int(idx.max()) >= size:
+            return f"{spec.op.split('.')[1]} index out of range"
+        return None
+
     def eager(self, spec: OpSpec, inputs: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
         x, idx, src = inputs
         assert x is not None and idx is not None and src is not None

@@ -577,9 +577,34 @@ class SegmentReduceFamily(OpFamily):
         return Match(spec=spec, inputs=[d_node, seg_node], result_users={0: [node]})
 
     # -- semantics -------------------------------------------------------------------------------
+    def input_error(self, spec: OpSpec, inputs: Sequence[torch.Tensor | None]) -> str | None:
+        """Values eager rejects (the runtime then runs eager, which raises): negative lengths, lengths
+        not summing to the rows, decreasing or out-of-range offsets. The kernels clamp the rows they
+        read (never out of bounds), but their result is not eager's error."""
+        data, segs = inputs
+        assert data is not None and segs is not None
+        s = segs.reshape(-1)
+        if spec.const("use_offsets"):
+            if s.numel() > 1 and bool((s[1:] < s[:-1]).any()):
+                return "segment_reduce offsets decrease"
+            if s.numel() and (int(s.min()) < 0 or int(s.max()) > data.shape[0]):
+                return "segment_reduce offsets outside the rows"
+            return None
+        if s.numel() and int(s.min()) < 0:
+            return "segment_reduce lengths negative"
+        if int(s.sum()) != data.shape[0]:
+            return "segment_reduce lengths do not sum to the rows"
+        return None
+
     def eager(self, spec: OpSpec, inputs: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
         data, segs = inputs
         key = "offsets" if spec.const("use_offsets") else "lengths"
+        if key == "offsets" and segs is not None and segs.device.type == "cpu" and segs.numel():
+            # ATen checks offsets only for order: offsets past the rows read past the data (and may
+            # crash). As the runtime's fallback, this must raise instead.
+            lo, hi = int(segs.min()), int(segs.max())
+            if lo < 0 or hi > data.shape[0]:
+                raise IndexError(f"segment_reduce: offsets in [{lo}, {hi}] outside [0, {data.shape[0]}] rows")
         out = torch.ops.aten.segment_reduce.default(
             data, str(spec.const("reduce")), axis=0, unsafe=False, initial=spec.const("initial"), **{key: segs}
         )

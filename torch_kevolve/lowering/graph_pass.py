@@ -15,7 +15,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from .. import queue, stats
 from ..config import Settings
-from ..detect import CONTESTED, Finding, detect
+from ..detect import CONTESTED, REGION, Finding, detect
 from ..families import get_family
 from ..families.base import Match
 from ..log import warn_once
@@ -67,7 +67,7 @@ class KevolvePass(CustomGraphPass):
         changed = False
         for f in findings:
             if f.match is None:
-                f.decision = "Inductor (its lowering)" if f.reason == CONTESTED else "Inductor (ATen fallback)"
+                f.decision = "Inductor (its lowering)" if f.reason in (CONTESTED, REGION) else "Inductor (ATen fallback)"
                 continue
             try:
                 entry = self._resolve(f, f.match.spec)
@@ -133,6 +133,8 @@ class KevolvePass(CustomGraphPass):
 
     def _route(self, spec: OpSpec) -> str:
         r = self.settings.route
+        if spec.dynamic:  # a bucket: plans are made per call for the concrete sizes (custom-op route)
+            return "custom_op"
         if spec.device.type != "cuda":
             if r == "triton":
                 warn_once("kevolve: the Triton route needs a CUDA device; using the custom-op route on %s", spec.device.type)
@@ -145,6 +147,10 @@ class KevolvePass(CustomGraphPass):
 
         node = next(n for n in graph.nodes if n.name == f.node)
         ld = runtime.install(m.spec, entry.candidate)
+        if m.dynamic is not None:  # the kernel is verified for its buckets only: guard the graph on them
+            from ..dynamic import install_guards
+
+            install_guards(m.dynamic)
         assert ld.plan is not None
         result_users = m.result_users
         fake_outs = []
@@ -179,5 +185,13 @@ class KevolvePass(CustomGraphPass):
                 graph.erase_node(u)
         if not node.users:
             graph.erase_node(node)
+        if m.region:  # a region: its inner nodes (scores, pointwise, operand copies) are dead now
+            left = {n.name: n for n in graph.nodes if n.name in m.region}
+            while True:
+                dead = [nm for nm, n in left.items() if not n.users]
+                for nm in dead:
+                    graph.erase_node(left.pop(nm))
+                if not dead:
+                    break
         stats.bump(f"rewritten_{route}")
         f.decision += f" → {route} route"

@@ -77,12 +77,55 @@ def _resolve(handle: str) -> Loaded:
 def _inside_signature(spec: OpSpec, args: Sequence[torch.Tensor | None]) -> bool:
     if len(args) != len(spec.args):
         return False
+    if spec.dynamic:  # a bucket: sizes inside its ranges
+        from ..dynamic import inside
+
+        return inside(spec, args) and all(t is None or t.device.type == spec.device.type for t in args)
     for sig, t in zip(spec.args, args):
         if (sig is None) != (t is None):
             return False
         if t is not None and (not sig.matches(t) or t.device.type != spec.device.type):  # type: ignore[union-attr]
             return False
     return True
+
+
+def _input_error(family: OpFamily, spec: OpSpec, args: Sequence[torch.Tensor | None]) -> str | None:
+    """Why these values are outside what the kernel was verified for (indices out of range, offsets
+    that do not partition the data...), from the family's optional ``input_error(spec, inputs)``.
+
+    Checked only for CPU tensors: there it costs a pass over the index tensors and no sync. On an
+    accelerator it would cost a host sync per call (and break CUDA graphs), so there the kernels'
+    masking is the whole policy: they never touch memory out of bounds, but out-of-range entries
+    give unspecified values where eager raises (RELIABILITY.md, "Hostile input")."""
+    check = getattr(family, "input_error", None)
+    if check is None or any(t is not None and t.device.type != "cpu" for t in args):
+        return None
+    try:
+        return check(spec, args)
+    except Exception as e:  # noqa: BLE001 - a broken check must not break the call: take the safe path
+        return f"input check failed ({type(e).__name__}: {e})"
+
+
+_plans: dict[tuple, CallPlan] = {}
+
+
+def _plan(ld: Loaded, args: Sequence[torch.Tensor | None]) -> CallPlan:
+    """The call plan for these inputs: the installed one for a static spec; for a bucket, the plan of
+    the concrete sizes (made once per distinct shape)."""
+    assert ld.plan is not None and ld.candidate is not None
+    if not ld.spec.dynamic:
+        return ld.plan
+    key = (ld.spec.key, ld.candidate.source, tuple(None if t is None else (tuple(t.shape), tuple(t.stride())) for t in args))
+    plan = _plans.get(key)
+    if plan is None:
+        from ..dynamic import concretize
+
+        plan = ld.family.call_plan(concretize(ld.spec, args), ld.candidate)
+        with _lock:
+            if len(_plans) > 4096:
+                _plans.clear()
+            _plans[key] = plan
+    return plan
 
 
 def call(handle: str, args: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
@@ -94,8 +137,13 @@ def call(handle: str, args: Sequence[torch.Tensor | None]) -> list[torch.Tensor]
         warn_once("kevolve: inputs outside the verified signature of %s; running the ATen op", ld.spec.key)
         stats.bump("runtime_fallbacks")
         return ld.family.eager(ld.spec, args)
+    why = _input_error(ld.family, ld.spec, args)
+    if why is not None:  # eager raises its own error for these (or computes what it defines)
+        warn_once("kevolve: %s for %s; running the ATen op", why, ld.spec.key)
+        stats.bump("runtime_fallbacks")
+        return ld.family.eager(ld.spec, args)
     try:
-        outs = launch(ld.module, ld.plan, args)
+        outs = launch(ld.module, _plan(ld, args), args)
     except Exception as e:  # noqa: BLE001 - never fail the user's model because of our kernel
         warn_once("kevolve: kernel %s failed at run time (%s: %s); running the ATen op from now on", ld.spec.key, type(e).__name__, e)
         with _lock:

@@ -35,6 +35,12 @@ def _autotuner(module: Any, step: CallPlan | Step) -> Any:
     return cache[key]
 
 
+def _constexprs(module: Any, kernel: str) -> set[str]:
+    fn = getattr(module, kernel)
+    names = list(getattr(fn, "arg_names", []))
+    return {names[i] for i in getattr(fn, "constexprs", []) if i < len(names)}
+
+
 def _fake_empty(like: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A fresh fake tensor (own storage) in ``like``'s fake mode, for a buffer the graph allocates."""
     from torch._guards import detect_fake_mode
@@ -98,6 +104,13 @@ def insert_call(
                     bound.setdefault(key, name)
                 else:
                     consts[name] = v
+                    if isinstance(v, float) and name not in _constexprs(module, st.kernel):
+                        # Inductor's launcher types a Python float fp64 (Triton's own JIT: fp32), and
+                        # fp64 then spreads through the kernel's math (measured 4-5x slower, HSTU)
+                        from ..log import warn_once
+
+                        warn_once("kevolve: %s.%s is a float runtime argument: Inductor passes it as fp64; "
+                                  "declare it tl.constexpr (or pass its bits as an int)", st.kernel, name)
             kernel_idx = kernel_side_table.add_kernel(_autotuner(module, st))
             consts_idx = kernel_side_table.add_constant_args(consts)
             hop = graph.call_function(

@@ -200,6 +200,11 @@ class Evaluator:
             cases = [(f"seed{s}", self.spec, self.family.make_inputs(self.spec, s)) for s in self.seeds]
             if self._want_edges:
                 cases += [(f"edge:{n}", sp, inp) for n, sp, inp in self.family.edge_cases(self.spec)]
+            if self.spec.dynamic:  # a bucket: the kernel must hold at both ends of its ranges too
+                from ..dynamic import bucket_cases
+
+                cases += [(name, sp, self.family.make_inputs(sp, self.seeds[0] if self.seeds else 0))
+                          for name, sp in bucket_cases(self.spec)]
             refs = []
             for name, sp, inp in cases:
                 refs.append((name, sp, inp, self.family.reference(sp, inp)))

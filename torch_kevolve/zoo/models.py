@@ -68,6 +68,29 @@ def make_dlrm(size: str = "small", device: str = "cpu", seed: int = 0):
 
 
 # -- (b) sequence recommender with jagged user histories ---------------------------------------------
+class _JaggedToPadded(torch.autograd.Function):
+    """``aten._jagged_to_padded_dense_forward`` (the forward op, unchanged) with a backward: ATen has no
+    derivative for it, and its inverse ``_padded_dense_to_jagged_forward`` rejects histories longer than
+    ``max_len`` (truncated here), so the jagged gradient is a gather: row t of bag b at position j gets
+    ``grad[b, j]`` if j < max_len, else 0."""
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, offsets: torch.Tensor, max_len: int) -> torch.Tensor:
+        ctx.save_for_backward(offsets)
+        ctx.total = values.shape[0]
+        return torch.ops.aten._jagged_to_padded_dense_forward(values, [offsets], [max_len], 0.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (offsets,) = ctx.saved_tensors
+        b, max_len = grad.shape[0], grad.shape[1]
+        pos = torch.arange(ctx.total, device=grad.device)
+        bag = (torch.searchsorted(offsets[1:], pos, right=True)).clamp(max=max(b - 1, 0))
+        j = pos - offsets[bag]
+        keep = (j < max_len).to(grad.dtype)[:, None]
+        return grad[bag, j.clamp(max=max_len - 1)] * keep, None, None
+
+
 class SeqRec(nn.Module):
     """Jagged user histories of hashed item ids: embedded, padded (jagged→padded) for a causal-free
     attention pooling, segment-summed (segment_reduce), and bag-pooled (embedding_bag mean); dense
@@ -88,7 +111,7 @@ class SeqRec(nn.Module):
     def forward(self, hist_ids, offsets, lengths, dense, cand_ids):
         h = (hist_ids * self.PRIME) % self.buckets  # hashed ids
         emb = self.items(h)  # [T, D] jagged values
-        padded = torch.ops.aten._jagged_to_padded_dense_forward(emb, [offsets], [self.max_len], 0.0)  # [B, L, D]
+        padded = _JaggedToPadded.apply(emb, offsets, self.max_len)  # [B, L, D]: _jagged_to_padded_dense_forward
         pooled = torch.segment_reduce(emb, "sum", lengths=lengths, unsafe=True)  # [B, D]
         bagged = self.bag(h, offsets[:-1])  # [B, D]
         cand = self.items((cand_ids * self.PRIME) % self.buckets)  # [B, D]
@@ -126,7 +149,8 @@ def make_seqrec(size: str = "small", device: str = "cpu", seed: int = 0):
 # -- (c) HSTU-style block --------------------------------------------------------------------------
 class HSTUBlock(nn.Module):
     """One HSTU layer (generative recommenders) in plain ops: U, V, Q, K = split(silu(W x));
-    A = silu(Q Kᵀ + rel_bias) / N, causal; out = W_o(norm(A V) * U) + x. No family serves it yet."""
+    A = silu(Q Kᵀ + rel_bias) / N, causal; out = W_o(norm(A V) * U) + x. The attention is one region
+    of the hstu_attention family (served on CUDA, where regions are contested)."""
 
     def __init__(self, dim: int, heads: int, seq: int) -> None:
         super().__init__()
@@ -153,9 +177,11 @@ def make_hstu(size: str = "small", device: str = "cpu", seed: int = 0):
     batch, seq, dim, heads = (2, 16, 16, 2) if size == "small" else (64, 1024, 512, 8)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    # large: bf16, as generative recommenders run it (fp32 attention would be bound by fp32 matmuls)
+    dtype = torch.float32 if size == "small" else torch.bfloat16
     with torch.device(device):  # built in place: the large tables never touch host memory
-        model = HSTUBlock(dim, heads, seq).eval()
-    return model, (torch.randn(batch, seq, dim, generator=g).to(device),)
+        model = HSTUBlock(dim, heads, seq).eval().to(dtype)
+    return model, (torch.randn(batch, seq, dim, generator=g).to(device, dtype),)
 
 
 # -- (d) a small transformer with a long-tail op ------------------------------------------------------
