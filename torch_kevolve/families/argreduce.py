@@ -40,7 +40,7 @@ from ..spec import DeviceSig, OpSpec, TensorSig, software_versions
 from . import register
 from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip, Step, Ws
 from .cumextrema import Geom, _one_dim, geometry
-from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2
+from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2, template_of, check_pow2
 from .util import meta_val, node_kwargs, unique_candidates
 from .util import strided as _strided
 
@@ -534,12 +534,8 @@ class ArgReduceFamily(OpFamily):
     def call_plan(self, spec: OpSpec, cand: Candidate) -> CallPlan:
         g = self.geom(spec)
         cfg = cand.cfg
-        template = cand.template or next((t for t, (_, src) in TEMPLATES.items() if src == cand.source), "")
-        if template not in TEMPLATES:
-            raise ValueError(f"unknown argreduce template {template!r}")
-        for k, v in cfg.items():
-            if k.startswith("BLOCK") and (int(v) < 1 or int(v) & (int(v) - 1)):
-                raise ValueError(f"{k}={v} is not a power of two")
+        template = template_of(cand, TEMPLATES, "argreduce")
+        check_pow2(cfg)
         outputs = (OutBuf(self.out_shape(spec), "int64"),)
         nw, ns = int(cfg.get("num_warps", 4)), int(cfg.get("num_stages", 1))
         two = bool(cfg.get("TWO_PASS", True))

@@ -73,7 +73,7 @@ import torch
 from ..spec import DeviceSig, OpSpec, TensorSig, software_versions
 from . import register
 from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip
-from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2
+from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2, template_of
 from .util import unique_candidates
 from .util import meta_val, node_kwargs
 from .util import strided as _strided
@@ -829,9 +829,7 @@ class BucketizeFamily(OpFamily):
     def call_plan(self, spec: OpSpec, cand: Candidate) -> CallPlan:
         g = self.geom(spec)
         cfg = cand.cfg
-        template = cand.template or next((t for t, (_, src) in TEMPLATES.items() if src == cand.source), "")
-        if template not in TEMPLATES:
-            raise ValueError(f"unknown bucketize template {template!r}")
+        template = template_of(cand, TEMPLATES, "bucketize")
         if template not in self.templates_for(spec):
             raise ValueError(f"the {template} template cannot serve {spec.describe()}")
         for k, v in cfg.items():

@@ -55,7 +55,7 @@ import torch
 from ..spec import DeviceSig, OpSpec, TensorSig, software_versions
 from . import register
 from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip, Step, Ws
-from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2
+from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2, template_of, check_pow2
 from .util import unique_candidates
 from .util import meta_val, node_kwargs
 from .util import strided as _strided
@@ -743,12 +743,8 @@ class CumExtremaFamily(OpFamily):
         assert x_sig is not None
         g = self.geom(spec)
         cfg = cand.cfg
-        template = cand.template or next((t for t, (_, src) in TEMPLATES.items() if src == cand.source), "")
-        if template not in TEMPLATES:
-            raise ValueError(f"unknown cumextrema template {template!r}")
-        for k, v in cfg.items():
-            if k.startswith("BLOCK") and (int(v) < 1 or int(v) & (int(v) - 1)):
-                raise ValueError(f"{k}={v} is not a power of two")
+        template = template_of(cand, TEMPLATES, "cumextrema")
+        check_pow2(cfg)
         wanted = self.wanted(spec)
         outputs = tuple(OutBuf(tuple(x_sig.shape), x_sig.dtype if j == 0 else "int64", fill=None) for j in wanted)
         # An output the plan does not produce is bound to the input (never written: WRITE_* is False),

@@ -58,7 +58,7 @@ import torch
 from ..spec import DeviceSig, OpSpec, TensorSig, software_versions
 from . import register
 from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip, Step, Ws
-from .util import cdiv as _cdiv, elem_size as _elem_size, meta_val, next_pow2 as _next_pow2, node_kwargs
+from .util import cdiv as _cdiv, elem_size as _elem_size, meta_val, next_pow2 as _next_pow2, node_kwargs, template_of, check_pow2
 from .util import strided as _strided
 
 log = logging.getLogger("torch_kevolve")
@@ -657,12 +657,8 @@ class EmbeddingBagBackwardFamily(OpFamily):
         assert g is not None and idx is not None and off is not None
         v, d, n, b = self._dims(spec)
         cfg = cand.cfg
-        template = cand.template or next((t for t, (_, src) in TEMPLATES.items() if src == cand.source), "")
-        if template not in TEMPLATES:
-            raise ValueError(f"unknown embedding_bag_backward template {template!r}")
-        for k, val in cfg.items():
-            if k.startswith("BLOCK_") and (int(val) < 1 or int(val) & (int(val) - 1)):
-                raise ValueError(f"{k}={val} is not a power of two")
+        template = template_of(cand, TEMPLATES, "embedding_bag_backward")
+        check_pow2(cfg, lambda k: k.startswith("BLOCK_"))
         bd = int(cfg["BLOCK_D"])
         nd = _cdiv(d, bd) if d > 0 else 0
         if nd > _MAX_GRID_Y:

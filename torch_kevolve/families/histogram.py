@@ -50,7 +50,7 @@ import torch
 from ..spec import DeviceSig, OpSpec, TensorSig, software_versions
 from . import register
 from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip, Step, Ws
-from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2
+from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2, template_of, check_pow2
 from .util import meta_val, node_kwargs, unique_candidates
 
 log = logging.getLogger("torch_kevolve")
@@ -732,12 +732,8 @@ class HistogramFamily(OpFamily):
 
     def call_plan(self, spec: OpSpec, cand: Candidate) -> CallPlan:
         cfg = cand.cfg
-        template = cand.template or next((t for t, (_, src) in TEMPLATES.items() if src == cand.source), "")
-        if template not in TEMPLATES:
-            raise ValueError(f"unknown histogram template {template!r}")
-        for k, v in cfg.items():
-            if k in ("BLOCK", "RB", "PCHUNK") and (int(v) < 1 or int(v) & (int(v) - 1)):
-                raise ValueError(f"{k}={v} is not a power of two")
+        template = template_of(cand, TEMPLATES, "histogram")
+        check_pow2(cfg, lambda k: k in ("BLOCK", "RB", "PCHUNK"))
         n, nbins = self.numel(spec), self.nbins(spec)
         nb = _next_pow2(nbins)
         acc = _acc_dtype(spec)

@@ -85,7 +85,7 @@ import torch.nn.functional as F
 from ..spec import DeviceSig, OpSpec, TensorSig, software_versions
 from . import register
 from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip
-from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2
+from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2, template_of
 from .util import meta_val, strided as _strided, unique_candidates
 
 log = logging.getLogger("torch_kevolve")
@@ -1096,9 +1096,7 @@ class HstuAttentionFamily(OpFamily):
         assert q_sig is not None
         g = self.geom(spec)
         cfg = cand.cfg
-        template = cand.template or next((t for t, (_, src) in TEMPLATES.items() if src == cand.source), "")
-        if template not in TEMPLATES:
-            raise ValueError(f"unknown hstu_attention template {template!r}")
+        template = template_of(cand, TEMPLATES, "hstu_attention")
         bm, bn = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"])
         for k, v in (("BLOCK_M", bm), ("BLOCK_N", bn)):
             if v < 16 or v & (v - 1):

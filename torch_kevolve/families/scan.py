@@ -47,7 +47,7 @@ from ..spec import DeviceSig, OpSpec, TensorSig, software_versions
 from . import register
 from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip, Step, Ws
 from .cumextrema import Geom, geometry
-from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2
+from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2, template_of, check_pow2
 from .util import meta_val, node_kwargs, unique_candidates
 from .util import strided as _strided
 
@@ -613,12 +613,8 @@ class ScanFamily(OpFamily):
         assert x_sig is not None
         g = self.geom(spec)
         cfg = cand.cfg
-        template = cand.template or next((t for t, (_, src) in TEMPLATES.items() if src == cand.source), "")
-        if template not in TEMPLATES:
-            raise ValueError(f"unknown scan template {template!r}")
-        for k, v in cfg.items():
-            if k.startswith("BLOCK") and (int(v) < 1 or int(v) & (int(v) - 1)):
-                raise ValueError(f"{k}={v} is not a power of two")
+        template = template_of(cand, TEMPLATES, "scan")
+        check_pow2(cfg)
         od = str(spec.const("out_dtype"))
         kind = _kind(self.out_dtype(spec))
         outputs = (OutBuf(tuple(x_sig.shape), od),)

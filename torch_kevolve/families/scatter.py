@@ -107,7 +107,7 @@ import torch
 from ..spec import DeviceSig, OpSpec, TensorSig, software_versions
 from . import register
 from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip, Step, Ws
-from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2
+from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2, template_of, check_pow2
 from .util import unique_candidates
 from .util import meta_val, node_kwargs, storage_size
 
@@ -1315,14 +1315,10 @@ class ScatterFamily(OpFamily):
         assert x_sig is not None
         g = self.geom(spec)
         cfg = cand.cfg
-        template = cand.template or next((t for t, (_, src) in TEMPLATES.items() if src == cand.source), "")
-        if template not in TEMPLATES:
-            raise ValueError(f"unknown scatter template {template!r}")
+        template = template_of(cand, TEMPLATES, "scatter")
         if template not in self.templates_for(spec):
             raise ValueError(f"the {template} template cannot serve {spec.describe()}")
-        for k, v in cfg.items():
-            if k.startswith("BLOCK_") and (int(v) < 1 or int(v) & (int(v) - 1)):
-                raise ValueError(f"{k}={v} is not a power of two")
+        check_pow2(cfg, lambda k: k.startswith("BLOCK_"))
         reduce = str(spec.const("reduce"))
         incl = bool(spec.const("include_self"))
         bd = int(cfg["BLOCK_D"])

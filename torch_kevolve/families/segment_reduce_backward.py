@@ -40,7 +40,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from ..spec import DeviceSig, OpSpec, TensorSig, software_versions
 from . import register
 from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip, Step, Ws
-from .util import cdiv as _cdiv, elem_size as _elem_size, meta_val, next_pow2 as _next_pow2, node_kwargs
+from .util import cdiv as _cdiv, elem_size as _elem_size, meta_val, next_pow2 as _next_pow2, node_kwargs, template_of, check_pow2
 from .util import strided as _strided
 
 log = logging.getLogger("torch_kevolve")
@@ -376,12 +376,8 @@ class SegmentReduceBackwardFamily(OpFamily):
         assert g is not None and sg is not None and data is not None
         n, d, s = self._dims(spec)
         cfg = cand.cfg
-        template = cand.template or next((t for t, (_, src) in TEMPLATES.items() if src == cand.source), "")
-        if template not in TEMPLATES:
-            raise ValueError(f"unknown segment_reduce_backward template {template!r}")
-        for k, v in cfg.items():
-            if k.startswith("BLOCK_") and (int(v) < 1 or int(v) & (int(v) - 1)):
-                raise ValueError(f"{k}={v} is not a power of two")
+        template = template_of(cand, TEMPLATES, "segment_reduce_backward")
+        check_pow2(cfg, lambda k: k.startswith("BLOCK_"))
         bd, bn = int(cfg["BLOCK_D"]), int(cfg["BLOCK_N"])
         nd = _cdiv(d, bd) if d > 0 else 0
         if nd > _MAX_GRID_Y:

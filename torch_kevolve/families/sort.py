@@ -60,7 +60,7 @@ import torch
 from ..spec import DeviceSig, OpSpec, TensorSig, software_versions
 from . import register
 from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip, Ws
-from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2
+from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2, template_of, check_pow2
 from .util import meta_val, node_kwargs, unique_candidates
 from .util import strided as _strided
 
@@ -837,12 +837,8 @@ class SortFamily(OpFamily):
         assert x_sig is not None
         g = self.geom(spec)
         cfg = cand.cfg
-        template = cand.template or next((t for t, (_, src) in TEMPLATES.items() if src == cand.source), "")
-        if template not in TEMPLATES:
-            raise ValueError(f"unknown sort template {template!r}")
-        for key, v in cfg.items():
-            if key.startswith("BLOCK") and (int(v) < 1 or int(v) & (int(v) - 1)):
-                raise ValueError(f"{key}={v} is not a power of two")
+        template = template_of(cand, TEMPLATES, "sort")
+        check_pow2(cfg)
         mode, k, pos, desc = self.selection(spec)
         # the whole row (and topk's k winners) in registers: block sizes follow the spec, so one config
         # serves every edge case; BLOCK_R (rows per program) and warps are the searched knobs

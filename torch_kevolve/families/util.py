@@ -80,3 +80,20 @@ def unique_candidates(proposals: Any, source_of: Any) -> list:
         seen.add((template, config))
         cands.append(Candidate(source=source_of(template), config=config, origin="template", template=template))
     return cands
+
+
+def template_of(cand: Any, templates: dict, family: str) -> str:
+    """The template ``cand`` comes from: its recorded name, else the template whose source it is (each
+    ``templates`` value ends with the source). An unknown name is a ValueError: a stored or model-written
+    candidate naming a template the family no longer has must not be launched with a guessed plan."""
+    name = cand.template or next((t for t, entry in templates.items() if entry[-1] == cand.source), "")
+    if name not in templates:
+        raise ValueError(f"unknown {family} template {name!r}")
+    return name
+
+
+def check_pow2(cfg: dict, keys: Any = lambda k: k.startswith("BLOCK")) -> None:
+    """Every config value whose key ``keys`` selects (block sizes by default) is a power of two."""
+    for k, v in cfg.items():
+        if keys(k) and (int(v) < 1 or int(v) & (int(v) - 1)):
+            raise ValueError(f"{k}={v} is not a power of two")
