@@ -115,6 +115,11 @@ def _train_step(model: Any, inputs: tuple, opt: Any = None) -> torch.Tensor:
     return loss.detach()
 
 
+def _progress(msg: str) -> None:
+    """A phase line with the time: a run cut by the device's per-call limit still shows where it was."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
 def run_model_train(name: str, size: str, store: Path, budget: str, prewarm: bool, opt_step: bool) -> dict:
     """``--train``: a training step (forward + loss + backward, ``--opt-step`` adds an SGD step) eager vs
     Inductor vs kevolve. The kevolve store is filled by one JIT-mode step (forward and backward misses,
@@ -136,6 +141,7 @@ def run_model_train(name: str, size: str, store: Path, budget: str, prewarm: boo
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()} if opt_step else None
     torch.cuda.synchronize()
     row["eager_ms"] = do_bench(lambda: _train_step(model, inputs, opt))
+    _progress(f"{name} train: eager {row['eager_ms']:.3f} ms")
     tol = 2e-2 if any(p.dtype in (torch.bfloat16, torch.float16) for p in params) else 1e-3
     if prewarm:
         t0 = time.time()
@@ -146,6 +152,7 @@ def run_model_train(name: str, size: str, store: Path, budget: str, prewarm: boo
             torch.cuda.synchronize()
             row["prewarm_s"] = time.time() - t0
             row["prewarm_decisions"] = sorted({f"{f.op}: {f.decision}" for rep in REPORTS for f in rep})
+            _progress(f"{name} train: JIT step (searches) {row['prewarm_s']:.0f} s: {row['prewarm_decisions']}")
         except Exception as e:  # noqa: BLE001
             row["prewarm_error"] = f"{type(e).__name__}: {str(e)[:300]}"
             traceback.print_exc()
@@ -162,6 +169,7 @@ def run_model_train(name: str, size: str, store: Path, budget: str, prewarm: boo
             loss = _train_step(c, inputs)
             torch.cuda.synchronize()
             row[f"{vname}_compile_s"] = time.time() - t0
+            _progress(f"{name} train: {vname} compiled + first step {row[f'{vname}_compile_s']:.0f} s")
             gerr = max((err(p.grad, g) / max(float(g.abs().max()), 1e-12) for p, g in zip(params, ref_grads)
                         if g is not None and p.grad is not None), default=0.0)
             row[f"{vname}_ok"] = close(loss, ref_loss, tol) and gerr <= tol and all(

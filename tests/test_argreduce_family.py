@@ -10,7 +10,9 @@ import math
 
 import pytest
 import torch
-from family_helpers import compile_and_record, firsts, with_cfg  # noqa: E402
+from family_helpers import (compile_and_record, family_nodes, firsts, relu_node, run_kevolve_backend,  # noqa: E402
+                            run_sm90, with_cfg)
+from family_helpers import fake_node as _node  # noqa: E402
 
 from torch_kevolve import families as _families
 
@@ -282,27 +284,7 @@ def test_edge_cases(key: str) -> None:
 # ------------------------------------------------------------------------------------------------
 
 _SM90_SCRIPT = r"""
-import dataclasses, pathlib, re, subprocess, sys, tempfile
-import torch, triton
-from torch_kevolve.families import get_family
-from torch_kevolve.kernels import NoGpuToolchain, compile_for_gpu, load_module
-from torch_kevolve.spec import DeviceSig
-
-
-def resources(cubin):
-    tool = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    if not tool.exists():
-        return "regs ? local ?"
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(cubin)
-    txt = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-    reg, local = re.search(r"REG:(\d+)", txt), re.search(r"LOCAL:(\d+)", txt)
-    return f"regs {reg.group(1) if reg else '?'} local {local.group(1) if local else '?'}"
-
-
 fam = get_family("argreduce")
-cuda = DeviceSig("cuda", "NVIDIA H100 80GB HBM3", "sm_90")
-e = torch.empty
 specs = [  # every KIND, max and min, flat, strided
     fam.spec_for("aten.argmax.default", e(8192, 4096), 1),
     fam.spec_for("aten.argmin.default", e(1 << 24, dtype=torch.bfloat16), None),
@@ -311,43 +293,22 @@ specs = [  # every KIND, max and min, flat, strided
     fam.spec_for("aten.argmax.default", e(8, 90000, dtype=torch.uint8), 1, True),
     fam.spec_for("aten.argmin.default", e(4096, 8192), 0),  # a non-last dim: cols
 ]
-for spec in specs:
-    spec = dataclasses.replace(spec, device=cuda)
-    done = set()
-    for cand in fam.candidates(spec):
-        if cand.template in done:
-            continue
-        done.add(cand.template)
-        plan = fam.call_plan(spec, cand)
-        try:
-            compiled = compile_for_gpu(load_module(cand.source, interpret=False), spec, plan)
-        except NoGpuToolchain as ex:
-            print("NO-TOOLCHAIN", ex)
-            sys.exit(0)
-        for k, c in compiled.items():
-            assert c.asm.get("cubin"), (cand.template, k)
-            print("OK", spec.op, cand.template, k, resources(c.asm["cubin"]))
+for spec, cand, plan, compiled in each_plan(fam, specs):
+    for k, c in compiled.items():
+        print("OK", spec.op, cand.template, k, resources(c.asm["cubin"]))
 """
 
 
 def test_kernels_compile_for_sm90(tmp_path) -> None:
     """Both templates (and the split's two kernels), every compare dtype, max and min, flat and
     strided, compile to sm_90 cubin without spills (subprocess: the interpreter flag is per process)."""
-    import os
     import re
-    import subprocess
-    import sys
 
-    env = {**os.environ, "TRITON_INTERPRET": "0", "KEVOLVE_MODULE_DIR": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-c", _SM90_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    if "NO-TOOLCHAIN" in r.stdout:
-        pytest.skip(r.stdout.strip()[:200])
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("OK ")]
-    assert {ln.split()[3] for ln in lines} == {"arg_tile", "arg_cols", "arg_split_reduce", "arg_split_finish"}, r.stdout
-    assert len(lines) == 5 * 3 + 4, r.stdout  # tile + split (2 kernels) each; dim 0: + cols
+    stdout, lines = run_sm90(_SM90_SCRIPT, tmp_path)
+    assert {ln.split()[3] for ln in lines} == {"arg_tile", "arg_cols", "arg_split_reduce", "arg_split_finish"}, stdout
+    assert len(lines) == 5 * 3 + 4, stdout  # tile + split (2 kernels) each; dim 0: + cols
     local = [int(m.group(1)) for ln in lines if (m := re.search(r"local (\d+)", ln))]
-    assert local and all(v == 0 for v in local), r.stdout
+    assert local and all(v == 0 for v in local), stdout
 
 
 # ------------------------------------------------------------------------------------------------
@@ -368,7 +329,7 @@ def test_match_real_graph() -> None:
     graphs, out = compile_and_record(_fn, x, xi)
     for o, r in zip(out, _fn(x, xi)):
         assert torch.equal(o, r)
-    nodes = [n for g in graphs for n in g.nodes if str(n.target) in FAM.ops]
+    nodes = family_nodes(graphs, FAM)
     got = []
     for n in nodes:
         m = FAM.match(n)
@@ -378,33 +339,7 @@ def test_match_real_graph() -> None:
         got.append((m.spec.op, FAM.dim(m.spec), m.spec.const("keepdim"), m.spec.args[0].dtype))
     assert sorted(got, key=str) == sorted([(ARGMAX, 1, False, "float32"), (ARGMIN, 0, True, "float32"),
                                            (ARGMAX, None, False, "float32"), (ARGMIN, 1, False, "int32")], key=str)
-    g = torch.fx.Graph()
-    assert isinstance(FAM.match(g.call_function(torch.ops.aten.relu.default, (g.placeholder("x"),))), Skip)
-
-
-def _node(target, x: torch.Tensor, args: tuple, out: torch.Tensor, device: str | None = None,
-          kwargs: dict | None = None, dynamic: bool = False):
-    """A call on a FakeTensor placeholder (optionally a fake CUDA tensor: no GPU needed)."""
-    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
-    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
-
-    fm = FakeTensorMode(shape_env=ShapeEnv()) if dynamic else FakeTensorMode()
-
-    def fake(t: torch.Tensor, dyn: bool = False):
-        if device is not None:
-            return FakeTensor(fm, torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta"),
-                              torch.device(device))
-        if dyn:
-            ctx = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC] * t.dim(), constraint_sizes=[None] * t.dim())
-            return fm.from_tensor(t, symbolic_context=ctx)
-        return fm.from_tensor(t)
-
-    g = torch.fx.Graph()
-    ph = g.placeholder("x")
-    ph.meta["val"] = fake(x, dynamic)
-    node = g.call_function(target, (ph, *args), kwargs or {})
-    node.meta["val"] = fake(out)
-    return node
+    assert isinstance(FAM.match(relu_node()), Skip)
 
 
 def test_match_handbuilt_cuda_and_skips() -> None:
@@ -433,27 +368,13 @@ def test_match_handbuilt_cuda_and_skips() -> None:
 def test_backend_end_to_end(store_dir, tmp_path) -> None:
     """torch.compile(backend="kevolve", contest="all") on CPU: the argmax/argmin nodes searched and
     rewritten (custom-op route), results equal to eager (ties and a NaN in the inputs)."""
-    from torch_kevolve import stats
-    from torch_kevolve.lowering import REPORTS
-
     g = torch.Generator().manual_seed(0)
     x = torch.randint(-3, 3, (6, 21), generator=g).float()
     x[2, 5] = NAN
     xi = torch.randint(-5, 5, (4, 7), generator=g, dtype=I32)
     ref = _fn(x, xi)
-    torch._dynamo.reset()
-    REPORTS.clear()
-    stats.reset()
-    opts = {"cache_dir": str(tmp_path / "store"), "executor": "inprocess", "max_candidates": 1,
-            "fx_graph_cache": False, "contest": "all"}
-    try:
-        with torch.no_grad(), torch._functorch.config.patch(enable_autograd_cache=False):
-            out = torch.compile(_fn, backend="kevolve", options=opts)(x, xi)
-    finally:
-        torch._dynamo.reset()
+    out, found, snap = run_kevolve_backend(_fn, (x, xi), tmp_path, "argreduce", contest="all")
     for o, r in zip(out, ref):
         assert o.dtype == I64 and torch.equal(o, r), (o, r)
-    found = [fi for rep in REPORTS for fi in rep if fi.family == "argreduce"]
     assert sorted(fi.status for fi in found) == ["candidate"] * 4, found
-    snap = stats.snapshot()
     assert snap["kernel_calls"] == 4 and snap["rewritten_custom_op"] == 4, snap

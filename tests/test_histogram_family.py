@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 import torch
-from family_helpers import compile_and_record, firsts, with_cfg  # noqa: E402
+from family_helpers import (compile_and_record, family_nodes, firsts, run_kevolve_backend, run_sm90,  # noqa: E402
+                            with_cfg)
 
 from torch_kevolve import families as _families
 
@@ -293,27 +294,7 @@ def test_edges_land_as_torch_says() -> None:
 # ------------------------------------------------------------------------------------------------
 
 _SM90_SCRIPT = r"""
-import dataclasses, pathlib, re, subprocess, sys, tempfile
-import torch, triton
-from torch_kevolve.families import get_family
-from torch_kevolve.kernels import NoGpuToolchain, compile_for_gpu, load_module
-from torch_kevolve.spec import DeviceSig
-
-
-def resources(cubin):
-    tool = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    if not tool.exists():
-        return "regs ? local ?"
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(cubin)
-    txt = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-    reg, local = re.search(r"REG:(\d+)", txt), re.search(r"LOCAL:(\d+)", txt)
-    return f"regs {reg.group(1) if reg else '?'} local {local.group(1) if local else '?'}"
-
-
 fam = get_family("histogram")
-cuda = DeviceSig("cuda", "NVIDIA H100 80GB HBM3", "sm_90")
-e = torch.empty
 specs = [  # the bench shapes, fp64 data range, weighted int32 with fp32 / fp16 (-> fp64) weights (100k
            # bins: atomics only), uint8 counts in few bins (one-hot option)
     fam.histc_spec(e(1 << 24), 1000, 0.0, 1.0),
@@ -323,30 +304,27 @@ specs = [  # the bench shapes, fp64 data range, weighted int32 with fp32 / fp16 
     fam.bincount_spec(e(1 << 20, dtype=torch.int32), e(1 << 20, dtype=torch.float16), 100000, "mod", 100000),
     fam.bincount_spec(e(1 << 20, dtype=torch.uint8), None, 64, "mod", 50),
 ]
-expect = 0
-for spec in specs:
-    spec = dataclasses.replace(spec, device=cuda)
-    cands = fam.candidates(spec)
-    pick = {}
-    for cand in cands:  # per (template, one-hot): the default, and the largest tile x warps (registers)
+
+
+def pick(i, cands):
+    # per (template, one-hot): the default, and the largest tile x warps (registers)
+    chosen = {}
+    for cand in cands:
         c = cand.cfg
-        pick.setdefault((cand.template, c.get("ONEHOT"), "first"), cand)
+        chosen.setdefault((cand.template, c.get("ONEHOT"), "first"), cand)
         k = (cand.template, c.get("ONEHOT"), "big")
-        if k not in pick or (c["BLOCK"], c["num_warps"]) > (pick[k].cfg["BLOCK"], pick[k].cfg["num_warps"]):
-            pick[k] = cand
-    for cand in dict.fromkeys(pick.values()):
-        plan = fam.call_plan(spec, cand)
-        expect += len(plan.steps)
-        try:
-            compiled = compile_for_gpu(load_module(cand.source, interpret=False), spec, plan)
-        except NoGpuToolchain as ex:
-            print("NO-TOOLCHAIN", ex)
-            sys.exit(0)
-        for k, c in compiled.items():
-            assert c.asm.get("cubin"), (cand.template, k)
-            ieee = "div.rn.f32" in c.asm["ptx"] and "div.full.f32" not in c.asm["ptx"]
-            print("OK", spec.op, spec.args[0].dtype, cand.template, k, "ieee" if ieee else "-",
-                  resources(c.asm["cubin"]), dict(cand.config))
+        if k not in chosen or (c["BLOCK"], c["num_warps"]) > (chosen[k].cfg["BLOCK"], chosen[k].cfg["num_warps"]):
+            chosen[k] = cand
+    return list(dict.fromkeys(chosen.values()))
+
+
+expect = 0
+for spec, cand, plan, compiled in each_plan(fam, specs, pick):
+    expect += len(plan.steps)
+    for k, c in compiled.items():
+        ieee = "div.rn.f32" in c.asm["ptx"] and "div.full.f32" not in c.asm["ptx"]
+        print("OK", spec.op, spec.args[0].dtype, cand.template, k, "ieee" if ieee else "-",
+              resources(c.asm["cubin"]), dict(cand.config))
 print("EXPECT", expect)
 """
 
@@ -356,21 +334,12 @@ def test_kernels_compile_for_sm90(tmp_path) -> None:
     the min/max pre-step, the two-pass reduce) compiles to sm_90 cubin; fp32 histc divides with IEEE
     rounding (div.rn) as ATen does. A subprocess: TRITON_INTERPRET=1 at import makes triton
     interpreter-only for the process."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "TRITON_INTERPRET": "0", "KEVOLVE_MODULE_DIR": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-c", _SM90_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    if "NO-TOOLCHAIN" in r.stdout:
-        pytest.skip(r.stdout.strip()[:200])
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("OK ")]
+    stdout, lines = run_sm90(_SM90_SCRIPT, tmp_path)
     kernels = {ln.split()[4] for ln in lines}
-    assert kernels == {"hist_private", "hist_atomic", "hist_partial", "hist_reduce", "hist_minmax"}, r.stdout
-    assert f"EXPECT {len(lines)}" in r.stdout, r.stdout  # every step of every plan compiled
+    assert kernels == {"hist_private", "hist_atomic", "hist_partial", "hist_reduce", "hist_minmax"}, stdout
+    assert f"EXPECT {len(lines)}" in stdout, stdout  # every step of every plan compiled
     fp32_bins = [ln for ln in lines if "histc" in ln and "float32" in ln and ln.split()[4] != "hist_reduce"]
-    assert fp32_bins and all(ln.split()[5] == "ieee" for ln in fp32_bins), r.stdout
+    assert fp32_bins and all(ln.split()[5] == "ieee" for ln in fp32_bins), stdout
     spills = [ln for ln in lines if "local ?" not in ln and "local 0" not in ln]
     assert not spills, "\n".join(spills)
 
@@ -406,11 +375,11 @@ def test_match_real_graph() -> None:
 
     args = _inputs()
     graphs, _ = compile_and_record(lambda x: torch.histc(x, 10, -1.0, 1.0), args[0])
-    assert [str(n.target) for g in graphs for n in g.nodes if str(n.target) in FAM.ops] == [HISTC]
+    assert [str(n.target) for n in family_nodes(graphs, FAM)] == [HISTC]
     graphs, out = compile_and_record(_fn, *args, dynamic_outputs=True)
     for o, r in zip(out, _fn(*args)):
         assert torch.equal(o, r)
-    nodes = [n for g in graphs for n in g.nodes if str(n.target) in FAM.ops]
+    nodes = family_nodes(graphs, FAM)
     assert sorted(str(n.target) for n in nodes) == [BINCOUNT] * 3 + [HISTC] * 2
     assert all("fallback" in long_tail_reason(n) for n in nodes)
     ms = {n.name: FAM.match(n) for n in nodes}
@@ -493,26 +462,11 @@ def test_backend_end_to_end(store_dir, tmp_path) -> None:
     """torch.compile(backend="kevolve") on CPU with dynamic-output capture: histc (given range and data
     range) and the two bounded bincounts replaced by searched kernels (custom-op route), the unbounded
     bincount left to ATen; results equal eager, downstream users of the static-size bincount included."""
-    from torch_kevolve import stats
-    from torch_kevolve.lowering import REPORTS
-
     args = _inputs()
     ref = _fn(*args)
-    torch._dynamo.reset()
-    REPORTS.clear()
-    stats.reset()
-    opts = {"cache_dir": str(tmp_path / "store"), "executor": "inprocess", "max_candidates": 1,
-            "fx_graph_cache": False}
-    try:
-        with torch.no_grad(), torch._functorch.config.patch(enable_autograd_cache=False), \
-                torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
-            out = torch.compile(_fn, backend="kevolve", options=opts, fullgraph=True)(*args)
-    finally:
-        torch._dynamo.reset()
+    out, found, snap = run_kevolve_backend(_fn, args, tmp_path, "histogram", dynamic_outputs=True, fullgraph=True)
     for o, r in zip(out, ref):
         assert o.dtype == r.dtype and o.shape == r.shape
         assert torch.allclose(o.double(), r.double(), rtol=1e-5, atol=1e-5), (o, r)
-    found = [fi for rep in REPORTS for fi in rep if fi.family == "histogram"]
     assert sorted(fi.status for fi in found) == ["candidate"] * 4 + ["skipped"], [(f.status, f.detail) for f in found]
-    snap = stats.snapshot()
     assert snap["rewritten_custom_op"] == 4 and snap["kernel_calls"] == 4, snap

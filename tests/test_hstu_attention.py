@@ -267,10 +267,12 @@ def test_candidate_space() -> None:
     base = FAM.spec_for(torch.empty(B, H, N, D, **bf), torch.empty(B, H, N, D, **bf).transpose(-1, -2),
                         torch.empty(B, H, N, D, **bf), torch.empty(H, N, N, **bf), causal=True, scale=1 / N)
     gpu = FAM.candidates(dataclasses.replace(base, device=CUDA))
-    assert 8 <= len(gpu) <= 16
+    assert 8 <= len(gpu) <= 26
     first = gpu[0]
     assert first.template == "split" and (first.cfg["BLOCK_M"], first.cfg["BLOCK_N"], first.cfg["num_warps"]) == (128, 64, 8)
     assert {c.template for c in gpu} == {"split", "flash"}
+    assert {3, 4} <= {c.cfg.get("SIGMOID") for c in gpu} and any(c.cfg.get("LATE") for c in gpu)  # tanh.approx
+    assert not any(c.cfg.get("SIGMOID", 1) >= 3 for c in FAM.candidates(base))  # PTX: never on the CPU
     for knob in ("GRID", "REVERSE", "SIGMOID", "num_stages", "BLOCK_N"):
         assert len({c.cfg.get(knob) for c in gpu}) > 1, knob
     assert any(c.cfg.get("SKIP") == 0 for c in gpu)  # the masked full loop against block skipping
@@ -568,6 +570,13 @@ for name, spec in specs:
             print("OK", name, cand.template, k, "hintless regs %s stack %s shared %s async %s" % resources(c), dict(cand.config))
         if name in ("dense", "jagged"):
             print("JIT", name, cand.template, plan.kernel, "regs %s stack %s shared %s async %s" % resources(jit_like(mod, spec, plan)))
+    if name == "dense":  # the PTX tanh.approx variants (fp32 and bf16x2) assemble for sm_90
+        for sig in (3, 4):
+            cand = next(c for c in fam.candidates(spec) if c.cfg.get("SIGMOID") == sig)
+            plan = fam.call_plan(spec, cand)
+            c = jit_like(load_module(cand.source, interpret=False), spec, plan)
+            assert "tanh.approx" in c.asm["ptx"], sig
+            print("TANH", sig, "regs %s stack %s shared %s async %s" % resources(c))
 """
 
 
@@ -592,6 +601,8 @@ def test_templates_compile_for_sm90(tmp_path) -> None:
                                                               for t in ("split", "flash")}, r.stdout
     for x in rows:
         assert 0 < int(x[6]) <= 255, x
+    tanh = [line.split() for line in r.stdout.splitlines() if line.startswith("TANH ")]
+    assert [x[1] for x in tanh] == ["3", "4"] and all(int(x[5]) == 0 for x in tanh), r.stdout  # no spills
     jit = [line.split() for line in r.stdout.splitlines() if line.startswith("JIT ")]
     assert len(jit) == 4, r.stdout
     for x in jit:  # JIT name template kernel regs R stack S shared B async A

@@ -38,6 +38,17 @@ def _cuts(n: int, parts: int, g: torch.Generator) -> list[int]:
     return [0, *inner, n]
 
 
+def _rare(draw: st.DrawFn, p: float) -> bool:
+    """True with probability ~p (hypothesis' own draws favour boundary values: the choice goes through a
+    seeded generator instead, so declined options stay rare)."""
+    return bool(torch.rand(1, generator=_gen(draw(st.integers(0, 2**16)))) < p)
+
+
+def _pick(draw: st.DrawFn, options: list) -> object:
+    """One of ``options``, uniformly (through a seeded generator: see ``_rare``)."""
+    return options[int(torch.randint(0, len(options), (1,), generator=_gen(draw(st.integers(0, 2**16)))))]
+
+
 def _report(name: str) -> None:
     print(figures_line(name))
 
@@ -451,3 +462,346 @@ def test_zz_property_figures() -> None:
         assert FIGURES[name]["served"] >= 10, figures_line(name)
     for name in ("embedding_bag", "segment_reduce", "scatter", "bucketize"):
         assert FIGURES[name]["rejected"] >= 1, figures_line(name)
+
+
+# ------------------------------------------------------------------------------------------------
+# histogram (histc, bincount)
+# ------------------------------------------------------------------------------------------------
+
+HI = get_family("histogram")
+HIST_RANGES = [(0.0, 0.0), (0.0, 0.0), (-1.0, 1.0), (-3.0, 5.0), (0.0, 1e-30), (-1e30, 1e30), (-0.5, 65504.0)]
+HIST_BAD_RANGES = [(2.0, 1.0), (1.0, 1.0 + 1e-9), (0.0, math.inf)]  # declined (not increasing in fp32, not finite)
+
+
+@st.composite
+def histogram_cases(draw: st.DrawFn) -> Case:
+    seed, special = draw(st.integers(0, 2**16)), draw(st.sampled_from([0.0, 0.0, 0.3]))
+    g = _gen(seed)
+    if draw(st.booleans()):  # histc
+        dtype = draw(st.sampled_from([F16, I32] if _rare(draw, 0.1) else [F32, F64]))  # F16/I32: declined
+        two_d = draw(st.integers(0, 3)) == 0
+        shape = (draw(st.integers(0, 5)), draw(st.integers(1, 7))) if two_d else (draw(st.integers(0, 40)),)
+        bins = 0 if _rare(draw, 0.1) else draw(st.sampled_from([1, 2, 3, 7, 16, 64, 65, 100]))  # 0: declined
+        lo, hi = draw(st.sampled_from(HIST_BAD_RANGES if _rare(draw, 0.1) else HIST_RANGES))
+        # non-contiguous: declined
+        xl = draw(st.sampled_from(("contig", "contig", "offset", "offset") + LAYOUTS[2:] + ("expand",)))
+        if dtype.is_floating_point:
+            span = 4.0 if lo == hi or not math.isfinite(hi - lo) else hi - lo
+            base = -3.0 if lo == hi or not math.isfinite(hi - lo) else lo
+            x0 = float_values(shape, F64, seed, special)
+            x = base + (torch.sigmoid(x0) * 1.5 - 0.25) * span  # mostly in range, a quarter outside
+            x = torch.where(x0.isfinite(), x, x0)  # NaN/inf stay
+            edges = torch.linspace(base, base + span, 5, dtype=F64)  # some exactly on bin edges / bounds
+            x = torch.where(torch.rand(shape, generator=g) < 0.15, edges[torch.randint(0, 5, shape, generator=g)], x)
+            x = x.to(dtype)
+        else:
+            x = torch.randint(-5, 5, shape, generator=g).to(dtype)
+        x = expand_dim(x, 0) if xl == "expand" else layout(x, xl)
+        tags = ["histc", "data_range" if lo == hi else "", f"x_{xl}", "nan_inf" if special else "",
+                "empty" if x.numel() == 0 else "", f"bins{bins}", str(dtype)[6:]]
+        return Case(lambda: HI.histc_spec(x, bins, lo, hi), [x], draw(st.integers(0, 5)), ",".join(filter(None, tags)))
+    ydt = F32 if _rare(draw, 0.1) else draw(st.sampled_from([I64, I32, I8, U8, torch.int16]))  # F32: declined
+    n, m = draw(st.integers(0, 30)), draw(st.sampled_from([1, 2, 5, 17, 64, 300]))
+    wrap = draw(st.sampled_from(["none", "none", "mod", "mod", "clamp", "clamp"]))
+    bad = _rare(draw, 0.15)  # wrap bounds that do not bound the input below minlength: declined
+    if wrap == "clamp":
+        a = draw(st.sampled_from([0, min(1, m - 1), m - 1]))
+        b = m if bad else draw(st.sampled_from([a, m - 1]))
+    else:
+        a, b = (m + 1 if bad else draw(st.sampled_from([1, min(2, m), m]))), 0
+    wdt = I32 if _rare(draw, 0.05) else draw(st.sampled_from([None, None, F32, F64, F16, BF16]))  # I32: declined
+    wl = draw(st.sampled_from(["contig", "contig", "offset", "step"]))  # step: declined
+    yl = draw(st.sampled_from(["contig", "contig", "offset", "offset", "step", "expand"]))  # step/expand: declined
+    hostile = _pick(draw, ["", "", "", "neg", "past", "huge", "extremes"])
+    if ydt.is_floating_point:
+        y = torch.randint(0, max(m, 1), (n,), generator=g).to(ydt)
+    else:
+        info = torch.iinfo(ydt)
+        lo_v = 0 if wrap == "none" else max(info.min, -2 * m)
+        y = torch.randint(lo_v, max(min(info.max, 2 * m if wrap != "none" else m), lo_v + 1), (n,), generator=g).to(ydt)
+        if hostile and n:
+            j = draw(st.integers(0, n - 1))
+            # unwrapped: eager's output has max + 1 bins, so "huge" stays at 2**20 (no 16 GiB allocation)
+            top = info.max if wrap != "none" else min(info.max, 2**20)
+            y[j] = {"neg": max(info.min, -1), "past": min(info.max, m), "huge": top, "extremes": info.min}[hostile]
+    y = expand_dim(y, 0) if yl == "expand" else layout(y, yl)
+    w = None
+    if wdt is not None:
+        w = float_values((n,), wdt, seed + 1, special) if wdt.is_floating_point else torch.ones(n, dtype=wdt)
+        w = layout(w, wl)
+    tags = ["bincount", wrap, hostile, f"y_{yl}", "" if w is None else f"w_{wl}",
+            "nan_inf" if special and w is not None else "",
+            "empty" if n == 0 else "", str(ydt)[6:], "" if wdt is None else "w" + str(wdt)[6:]]
+    return Case(lambda: HI.bincount_spec(y, w, m, wrap, a, b), [y, w], draw(st.integers(0, 5)),
+                ",".join(filter(None, tags)))
+
+
+@settings_for(200)
+@given(histogram_cases())
+def test_histogram_hostile_inputs(case: Case) -> None:
+    run_property(HI, case)
+
+
+# ------------------------------------------------------------------------------------------------
+# embedding_bag_backward (dense weight gradient)
+# ------------------------------------------------------------------------------------------------
+
+EBB = get_family("embedding_bag_backward")
+
+
+def _row_layout(t: torch.Tensor, kind: str) -> torch.Tensor:
+    """``layout`` plus ``rowpad`` (rows of a wider buffer: row stride > width) and ``expand`` (row 0 repeated)."""
+    if kind == "rowpad" and t.dim() >= 2:
+        buf = torch.empty(t.shape[0], t.shape[1] + 3, *t.shape[2:], dtype=t.dtype)
+        return buf[:, :t.shape[1]].copy_(t)
+    if kind == "expand":
+        return expand_dim(t, 0)
+    return layout(t, "contig" if kind == "rowpad" else kind)
+
+
+@st.composite
+def embedding_bag_backward_cases(draw: st.DrawFn) -> Case:
+    dtype = F64 if _rare(draw, 0.08) else draw(st.sampled_from([F32, F32, F16, BF16]))  # F64: declined
+    v, d, n, b = draw(st.integers(1, 9)), draw(st.integers(1, 6)), draw(st.integers(0, 14)), draw(st.integers(1, 5))
+    mode, ilo = draw(st.sampled_from([0, 0, 1, 2])), draw(st.booleans())
+    pad = draw(st.sampled_from([-1, -1, 0, v - 1]))
+    has_psw = mode == 0 and draw(st.booleans())
+    idt, odt = draw(st.sampled_from([I32, I64])), draw(st.sampled_from([I32, I64]))
+    o2b_empty = mode == 0 and draw(st.booleans())  # ATen's CPU forward leaves offset2bag empty for sum
+    seed, special = draw(st.integers(0, 2**16)), draw(st.sampled_from([0.0, 0.0, 0.3]))
+    # grad step/transposed: declined unless D is 1; indices step/expand: ATen's CPU backward raises
+    gl = draw(st.sampled_from(["contig", "contig", "offset", "rowpad", "expand", "step", "transposed"]))
+    il = draw(st.sampled_from(["step", "expand"] if _rare(draw, 0.15) else ["contig", "offset"]))
+    hostile = _pick(draw, ["", "", "", "", "idx_oob", "idx_neg", "idx_huge", "off_start", "off_desc", "off_past",
+                           "off_neg", "mi_oob", "mi_neg"])
+    g = _gen(seed)
+    idx = torch.randint(0, v, (n,), generator=g)
+    if il == "expand" and n:
+        idx[:] = idx[0]  # the view repeats element 0: bookkeeping must see the same values
+    cuts = _cuts(n, b, g)
+    off = cuts[: b + (1 if ilo else 0)]
+    # the forward's bookkeeping for the valid call: bag per position, non-padding entries, argmax rows
+    bag_of = torch.repeat_interleave(torch.arange(b), torch.tensor([y - x for x, y in zip(cuts, cuts[1:])]))
+    keep = (idx != pad) if pad >= 0 else torch.ones(n, dtype=torch.bool)
+    counts = torch.zeros(b, dtype=torch.int64).index_add_(0, bag_of, keep.long())
+    mi = torch.zeros(b, d, dtype=torch.int64)
+    for j in range(b):
+        rows = idx[cuts[j]:cuts[j + 1]][keep[cuts[j]:cuts[j + 1]]]
+        if rows.numel():
+            mi[j] = rows[torch.randint(0, rows.numel(), (d,), generator=g)]
+    tags = [f"mode{mode}", f"g_{gl}", f"i_{il}", "nan_inf" if special else "", "empty" if n == 0 else "",
+            "o2b_empty" if o2b_empty else "", "pad" if pad >= 0 else "", str(dtype)[6:]]
+    changed = True
+    if hostile.startswith("idx") and n:
+        j = 0 if il == "expand" else draw(st.integers(0, n - 1))
+        idx[j] = {"idx_oob": v, "idx_neg": -1, "idx_huge": HUGE[idt]}[hostile]
+    elif hostile == "off_start" and len(off) > 1:
+        off[0] = 1
+    elif hostile == "off_desc" and len(off) > 2:
+        off[1], off[2] = off[2] + 1, off[1]
+    elif hostile == "off_past":
+        off[-1] = n + 2
+    elif hostile == "off_neg" and len(off) > 1:
+        off[1] = -2
+    elif hostile.startswith("mi") and mode == 2:
+        mi[draw(st.integers(0, b - 1)), draw(st.integers(0, d - 1))] = v if hostile == "mi_oob" else -1
+    else:
+        changed = False
+    if changed:
+        tags.insert(0, hostile)
+    grad = _row_layout(float_values((b, d), dtype, seed, special), gl)
+    indices = expand_dim(idx.to(idt), 0) if il == "expand" else layout(idx.to(idt), il)
+    offsets = torch.tensor(off, dtype=odt)
+    psw = float_values((n,), dtype, seed + 1, special) if has_psw else None
+    o2b = (bag_of[:0] if o2b_empty else bag_of).to(odt)
+    bsz = (torch.zeros(b, dtype=torch.int64) if o2b_empty else counts).to(odt)
+    mis = mi.to(odt) if mode == 2 else None
+    return Case(lambda: EBB.spec_for(grad, indices, offsets, psw, v, mode, pad, o2b, bsz, mis),
+                [grad, indices, offsets, psw, o2b, bsz, mis], draw(st.integers(0, 5)), ",".join(filter(None, tags)),
+                reference_nans=dtype in (F16, BF16))  # ATen's CPU backward adds fp16/bf16 rows in that dtype
+
+
+@settings_for(200)
+@given(embedding_bag_backward_cases())
+def test_embedding_bag_backward_hostile_inputs(case: Case) -> None:
+    run_property(EBB, case)
+
+
+# ------------------------------------------------------------------------------------------------
+# segment_reduce_backward (sum / mean gradient)
+# ------------------------------------------------------------------------------------------------
+
+SRB = get_family("segment_reduce_backward")
+
+
+@st.composite
+def segment_reduce_backward_cases(draw: st.DrawFn) -> Case:
+    dtype = F64 if _rare(draw, 0.08) else draw(st.sampled_from([F32, F32, F16, BF16]))  # F64: declined
+    ddt = F32 if _rare(draw, 0.08) else dtype  # data of another dtype: declined (unless equal)
+    n, s = draw(st.integers(0, 12)), draw(st.integers(0, 5))
+    trailing = tuple(draw(st.lists(st.integers(1, 4), min_size=0, max_size=2)))
+    reduce = "max" if _rare(draw, 0.05) else draw(st.sampled_from(["sum", "mean"]))  # max: declined
+    use_off = draw(st.booleans())
+    sdt = draw(st.sampled_from([I32, I64]))
+    seed, special = draw(st.integers(0, 2**16)), draw(st.sampled_from([0.0, 0.0, 0.3]))
+    # step/transposed: mostly declined
+    gl = draw(st.sampled_from(["contig", "contig", "offset", "rowpad", "expand", "step", "transposed"]))
+    dl = draw(st.sampled_from(["contig", "contig", "contig", "offset", "step"]))  # step: declined
+    sl = draw(st.sampled_from(["contig", "contig", "offset", "step"]))
+    hostile = _pick(draw, ["", "", "", "off_desc", "off_start", "off_short_end", "off_neg", "off_past", "huge"]
+                    if use_off else ["", "", "", "len_neg", "sum_short", "sum_long", "huge"])
+    g = _gen(seed)
+    cuts = _cuts(n, s, g) if s else [0]
+    segs = cuts if use_off else [y - x for x, y in zip(cuts, cuts[1:])]
+    before = list(segs)
+    tags = [f"g_{gl}", f"d_{dl}", f"s_{sl}", "nan_inf" if special else "", "empty" if n == 0 else "", reduce,
+            "offsets" if use_off else "lengths", str(dtype)[6:]]
+    if hostile == "len_neg" and not use_off and len(segs) > 1:
+        segs[0], segs[1] = segs[0] + 1, segs[1] - 1
+        segs[1] = -1 if segs[1] >= 0 else segs[1]
+    elif hostile == "sum_short" and not use_off and segs and segs[-1] > 0:
+        segs[-1] -= 1
+    elif hostile == "sum_long" and not use_off and segs:
+        segs[-1] += 1
+    elif hostile == "off_desc" and use_off and len(segs) > 2:
+        segs[1] = segs[2] + 1
+    elif hostile == "off_start" and use_off and segs[-1] > 0:
+        segs[0] = 1
+    elif hostile == "off_short_end" and use_off and segs[-1] > 0:
+        segs[-1] -= 1
+    elif hostile == "off_neg" and use_off:
+        segs[0] = -2
+    elif hostile == "off_past" and use_off:
+        segs[-1] = n + 3
+    elif hostile == "huge" and segs:
+        segs[-1] = HUGE[sdt]
+    if segs != before:
+        tags.insert(0, hostile)
+    grad = _row_layout(float_values((s,) + trailing, dtype, seed, special), gl)
+    data = layout(float_values((n,) + trailing, ddt, seed + 1, 0.0), dl)
+    seg_t = layout(torch.tensor(segs, dtype=sdt), sl)
+    return Case(lambda: SRB.spec_for(grad, seg_t, data, reduce, use_off), [grad, seg_t, data],
+                draw(st.integers(0, 5)), ",".join(filter(None, tags)))
+
+
+@settings_for(200)
+@given(segment_reduce_backward_cases())
+def test_segment_reduce_backward_hostile_inputs(case: Case) -> None:
+    run_property(SRB, case)
+
+
+# ------------------------------------------------------------------------------------------------
+# hstu_attention (region: silu(q kᵀ [+ bias]) masked, @ v)
+# ------------------------------------------------------------------------------------------------
+
+HS = get_family("hstu_attention")
+
+
+def _hstu_operand(t4: torch.Tensor, kind: str, three_d: bool) -> torch.Tensor:
+    """A [B, H, r, c] operand in one layout: ``contig``, ``offset``, ``bmhd`` (the [B, r, H, c] storage
+    read through ``transpose(1, 2)``: HSTU's ``view(..).transpose``), ``expand`` (batch dim stride 0),
+    ``step`` (every other column); ``three_d``: as [B*H, r, c] (contiguous kinds only)."""
+    if kind == "bmhd":
+        return t4.transpose(1, 2).contiguous().transpose(1, 2)
+    if kind == "expand":
+        return t4[:1].expand(t4.shape)
+    out = layout(t4, kind)
+    return out.reshape(-1, *t4.shape[2:]) if three_d and kind in ("contig", "offset") else out
+
+
+@st.composite
+def hstu_cases(draw: st.DrawFn) -> Case:
+    # F64/I32: declined; fp16/bf16 are not drawn (the interpreter's half arithmetic is not the GPU's)
+    dtype = draw(st.sampled_from([F64, I32])) if _rare(draw, 0.08) else F32
+    B, H = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    M, N = draw(st.integers(1, 20)), draw(st.integers(1, 20))
+    D, DV = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    causal = draw(st.booleans())
+    seed, special = draw(st.integers(0, 2**16)), draw(st.sampled_from([0.0, 0.0, 0.1, 0.3]))
+    ql, kl, vl = (draw(st.sampled_from(["contig", "contig", "offset", "bmhd", "expand", "step"])) for _ in range(3))
+    three_d = draw(st.integers(0, 3)) == 0
+    bias_kind = draw(st.sampled_from(["nm_bad", "int"] if _rare(draw, 0.06) else ["none", "hmn", "mn", "bhmn", "n"]))
+    mask_kind = "keep_float" if _rare(draw, 0.05) else draw(st.sampled_from(["none", "none", "keep", "drop", "mul"]))
+    mask_shape = draw(st.sampled_from(["mn", "b1mn"]))
+    len_kind = draw(st.sampled_from(["none", "none", "q", "k", "qk", "qk"]))
+    qk_scale, scale = draw(st.sampled_from([1.0, 1.0, 0.125, -2.0])), draw(st.sampled_from([1.0, 1.0 / N, -0.5]))
+    g = _gen(seed)
+
+    def vals(shape: tuple[int, ...], sd: int, sp: float, big: bool = False) -> torch.Tensor:
+        # No inf in any operand, and +-1e30 only in the bias (q kᵀ would overflow to inf): under the
+        # interpreter tl.dot is numpy's sgemm, which returns +-inf where IEEE gives NaN for a sum of
+        # inf and -inf products (np.matmul of a [32, 16] x [16, 16] fp32 tile, row (inf, 1e30, ..) by
+        # column (1e30, -1e30, ..) -> inf, np.dot -> nan); a GPU's dot is IEEE. NaN, huge finite, tiny
+        # and -0.0 values stay.
+        t = float_values(shape, F64, sd, sp)
+        t = torch.where(t.isinf(), math.nan, t)
+        if not big:
+            t = torch.where(t.abs() > 1e29, t.sign() * 65504.0, t)
+        return t.to(dtype) if dtype.is_floating_point else t.nan_to_num(0.0, 0.0, 0.0).clamp(-9, 9).to(dtype)
+
+    # NaN/huge in q, k and the bias; v stays finite: the kernel skips blocks above the diagonal that
+    # eager multiplies 0 * inf in (tril(a) @ v), a documented difference (see the family's docstring)
+    q = _hstu_operand(vals((B, H, M, D), seed, special), ql, three_d)
+    k = vals((B, H, N, D), seed + 1, special)
+    kt = _hstu_operand(k, kl, three_d).transpose(-1, -2)
+    v = _hstu_operand(vals((B, H, N, DV), seed + 2, 0.0), vl, three_d)
+    bias = {"none": None, "hmn": (H, M, N), "mn": (M, N), "bhmn": (B, H, M, N), "n": (1, N), "nm_bad": (N + 1, M),
+            "int": (M, N)}[bias_kind]
+    if bias is not None:
+        bias = vals(bias, seed + 3, special, big=True) if bias_kind != "int" else \
+            torch.randint(-2, 2, bias, generator=g)
+    mshape = (M, N) if mask_shape == "mn" else (B, 1, M, N)
+    mask, kind = None, mask_kind
+    if mask_kind in ("keep", "drop"):
+        mask = torch.rand(mshape, generator=g) < 0.6
+    elif mask_kind in ("mul", "keep_float"):
+        mask = vals(mshape, seed + 4, special / 3).abs()
+        kind = "mul" if mask_kind == "mul" else "keep"  # a float keep mask: declined
+    lengths = None
+    if len_kind != "none":
+        # lengths >= 2**31: test_hstu_attention_huge_lengths (the kernel clamps them in int64 first)
+        choices = [0, 1, N, N + 3, -2, min(M, N)]
+        lengths = torch.tensor([choices[draw(st.integers(0, len(choices) - 1))] if draw(st.booleans())
+                                else int(torch.randint(0, N + 1, (1,), generator=g)) for _ in range(B)],
+                               dtype=draw(st.sampled_from([I32, I64])))
+    tags = ["causal" if causal else "full", f"bias_{bias_kind}", f"mask_{mask_kind}", f"len_{len_kind}",
+            f"q_{ql}", f"k_{kl}", f"v_{vl}", "3d" if three_d else "", "nan_inf" if special else "",
+            str(dtype)[6:]]
+    if lengths is not None:
+        lv = lengths.tolist()
+        tags += ["len0" if 0 in lv else "", "len_neg" if min(lv) < 0 else "", "len_past_n" if max(lv) > N else ""]
+    heads = H if three_d else None
+    return Case(lambda: HS.spec_for(q, kt, v, bias, mask, lengths, heads=heads, causal=causal, mask_kind=kind,
+                                    len_q="q" in len_kind, len_k="k" in len_kind, qk_scale=qk_scale, scale=scale),
+                [q, kt, v, bias, mask, lengths], draw(st.integers(0, 5)), ",".join(filter(None, tags)))
+
+
+@settings_for(200)
+@given(hstu_cases())
+def test_hstu_attention_hostile_inputs(case: Case) -> None:
+    run_property(HS, case)
+
+
+@pytest.mark.parametrize("huge", [2**40, 2**31 + 1])
+def test_hstu_attention_huge_lengths(huge: int) -> None:
+    q, k, v = (float_values((2, 1, 8, 4), F32, s, 0.0) for s in (1, 2, 3))
+    kt, ln = k.transpose(-1, -2), torch.tensor([huge, 3], dtype=I64)
+    case = Case(lambda: HS.spec_for(q, kt, v, None, None, ln, len_q=True, len_k=True), [q, kt, v, None, None, ln],
+                0, "len_huge")
+    run_property(HS, case)
+
+
+def test_zz_property_figures_more() -> None:
+    """Figures of the families added after the first nine (``-s``); each must serve real cases."""
+    names = ("histogram", "embedding_bag_backward", "segment_reduce_backward", "hstu_attention")
+    for name in names:
+        if name in FIGURES:
+            _report(name)
+    if not all(name in FIGURES for name in names):
+        pytest.skip("run with all the property tests above")
+    for name in names:
+        assert FIGURES[name]["served"] >= 10, figures_line(name)
+    for name in ("histogram", "embedding_bag_backward", "segment_reduce_backward"):
+        assert FIGURES[name]["rejected"] >= 1, figures_line(name)
+    # the backward families' eager raises (as the forward would) for every value their input_error flags
+    assert FIGURES["histogram"]["guarded"] >= 1, figures_line("histogram")

@@ -9,7 +9,9 @@ import dataclasses
 import math
 import pytest
 import torch
-from family_helpers import compile_and_record, firsts, with_cfg  # noqa: E402
+from family_helpers import (compile_and_record, family_nodes, firsts, relu_node, run_kevolve_backend,  # noqa: E402
+                            run_sm90, with_cfg)
+from family_helpers import fake_node as _node  # noqa: E402
 
 from torch_kevolve import families as _families
 
@@ -359,28 +361,7 @@ def test_default_interpreter_candidates_pass_edge_cases() -> None:
 # ------------------------------------------------------------------------------------------------
 
 _SM90_SCRIPT = r"""
-import dataclasses, sys
-import torch, triton
-from torch_kevolve.families import get_family
-from torch_kevolve.kernels import NoGpuToolchain, compile_for_gpu, load_module
-from torch_kevolve.spec import DeviceSig
-
-def resources(cubin):
-    # REG / LOCAL (spill) bytes from the cuobjdump in the triton wheel ('?' without it)
-    import pathlib, re, subprocess, tempfile
-    tool = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    if not tool.exists():
-        return "regs ? local ?"
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(cubin)
-    txt = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-    reg, local = re.search(r"REG:(\d+)", txt), re.search(r"LOCAL:(\d+)", txt)
-    return f"regs {reg.group(1) if reg else '?'} local {local.group(1) if local else '?'}"
-
-
 fam = get_family("scan")
-cuda = DeviceSig("cuda", "NVIDIA H100 80GB HBM3", "sm_90")
-e = torch.empty
 specs = [  # every OP x accumulator KIND, a dtype conversion, a strided scan dim, the issue's shape
     fam.spec_for("aten.cumsum.default", e(1024, 16384), 1),
     fam.spec_for("aten.cumsum.default", e(8, 9000, dtype=torch.int32), 1),
@@ -390,43 +371,22 @@ specs = [  # every OP x accumulator KIND, a dtype conversion, a strided scan dim
     fam.spec_for("aten.cumprod.default", e(8, 9000, dtype=torch.uint8), 1, torch.float32),
     fam.spec_for("aten.cumprod.default", e(4096, 1024), 0),  # a non-last dim: cols
 ]
-for spec in specs:
-    spec = dataclasses.replace(spec, device=cuda)
-    done = set()
-    for cand in fam.candidates(spec):
-        if cand.template in done:
-            continue
-        done.add(cand.template)
-        plan = fam.call_plan(spec, cand)
-        try:
-            compiled = compile_for_gpu(load_module(cand.source, interpret=False), spec, plan)
-        except NoGpuToolchain as ex:
-            print("NO-TOOLCHAIN", ex)
-            sys.exit(0)
-        for k, c in compiled.items():
-            assert c.asm.get("cubin"), (cand.template, k)
-            print("OK", spec.op, cand.template, k, resources(c.asm["cubin"]))
+for spec, cand, plan, compiled in each_plan(fam, specs):
+    for k, c in compiled.items():
+        print("OK", spec.op, cand.template, k, resources(c.asm["cubin"]))
 """
 
 
 def test_kernels_compile_for_sm90(tmp_path) -> None:
     """Every template and step kernel, for every op and accumulator dtype, compiles to sm_90 cubin
     without spilling (a subprocess: TRITON_INTERPRET=1 at import makes triton interpreter-only)."""
-    import os
     import re
-    import subprocess
-    import sys
 
-    env = {**os.environ, "TRITON_INTERPRET": "0", "KEVOLVE_MODULE_DIR": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-c", _SM90_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    if "NO-TOOLCHAIN" in r.stdout:
-        pytest.skip(r.stdout.strip()[:200])
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("OK ")]
-    assert {ln.split()[3] for ln in lines} == {"scan_tile", "scan_rows", "scan_cols", "scan_chunk_reduce", "scan_chunk_scan"}, r.stdout
-    assert len(lines) == 6 * 4 + 5, r.stdout  # every spec: tile, rows, chunked (2 kernels); dim 0: + cols
+    stdout, lines = run_sm90(_SM90_SCRIPT, tmp_path)
+    assert {ln.split()[3] for ln in lines} == {"scan_tile", "scan_rows", "scan_cols", "scan_chunk_reduce", "scan_chunk_scan"}, stdout
+    assert len(lines) == 6 * 4 + 5, stdout  # every spec: tile, rows, chunked (2 kernels); dim 0: + cols
     local = [int(m.group(1)) for ln in lines if (m := re.search(r"local (\d+)", ln))]
-    assert local and all(v == 0 for v in local), r.stdout  # no spills (when cuobjdump is there)
+    assert local and all(v == 0 for v in local), stdout  # no spills (when cuobjdump is there)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -453,7 +413,7 @@ def test_match_real_graph() -> None:
     graphs, out = compile_and_record(_variants, x, m, xi)
     for o, r in zip(out, _variants(x, m, xi)):
         assert_close(o, r, "inductor vs eager")
-    nodes = [n for g in graphs for n in g.nodes if str(n.target) in FAM.ops]
+    nodes = family_nodes(graphs, FAM)
     got = []
     for n in nodes:
         mt = FAM.match(n)
@@ -466,33 +426,7 @@ def test_match_real_graph() -> None:
         (CUMSUM, 1, "float32", "aten.mul.Tensor"), (CUMSUM, 1, "int64", "arg2_1"),
         (CUMPROD, 1, "float32", "prims.convert_element_type.default"), (LOGCUMSUMEXP, 0, "float32", "arg0_1"),
     ]), got
-    g = torch.fx.Graph()
-    assert isinstance(FAM.match(g.call_function(torch.ops.aten.relu.default, (g.placeholder("x"),))), Skip)
-
-
-def _node(target, x: torch.Tensor, args: tuple, out: torch.Tensor, device: str | None = None,
-          kwargs: dict | None = None, dynamic: bool = False):
-    """A call on a FakeTensor placeholder (optionally a fake CUDA tensor: no GPU needed)."""
-    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
-    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
-
-    fm = FakeTensorMode(shape_env=ShapeEnv()) if dynamic else FakeTensorMode()
-
-    def fake(t: torch.Tensor, dyn: bool = False):
-        if device is not None:
-            return FakeTensor(fm, torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta"),
-                              torch.device(device))
-        if dyn:
-            ctx = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC] * t.dim(), constraint_sizes=[None] * t.dim())
-            return fm.from_tensor(t, symbolic_context=ctx)
-        return fm.from_tensor(t)
-
-    g = torch.fx.Graph()
-    ph = g.placeholder("x")
-    ph.meta["val"] = fake(x, dynamic)
-    node = g.call_function(target, (ph, *args), kwargs or {})
-    node.meta["val"] = fake(out)
-    return node
+    assert isinstance(FAM.match(relu_node()), Skip)
 
 
 def test_match_handbuilt_cuda_and_skips() -> None:
@@ -524,9 +458,6 @@ def test_match_handbuilt_cuda_and_skips() -> None:
 def test_backend_end_to_end(store_dir, tmp_path) -> None:
     """torch.compile(backend="kevolve") on CPU: the scans searched (custom-op route) and the results
     equal eager's; the unserved layout (dims that do not collapse) left to ATen."""
-    from torch_kevolve import stats
-    from torch_kevolve.lowering import REPORTS
-
     def f(x, xi, z):
         return (torch.cumsum(x, 1) - x, torch.cumsum(xi, 0), torch.logcumsumexp(x, 1) * 2, torch.cumprod(z, 2))
 
@@ -535,19 +466,8 @@ def test_backend_end_to_end(store_dir, tmp_path) -> None:
     xi = torch.randint(-9, 9, (13, 3), generator=g, dtype=I32)
     z = torch.randn(2, 3, 4, generator=g).permute(1, 0, 2)
     ref = f(x, xi, z)
-    torch._dynamo.reset()
-    REPORTS.clear()
-    stats.reset()
-    opts = {"cache_dir": str(tmp_path / "store"), "executor": "inprocess", "max_candidates": 1,
-            "fx_graph_cache": False}
-    try:
-        with torch.no_grad(), torch._functorch.config.patch(enable_autograd_cache=False):
-            out = torch.compile(f, backend="kevolve", options=opts)(x, xi, z)
-    finally:
-        torch._dynamo.reset()
+    out, found, snap = run_kevolve_backend(f, (x, xi, z), tmp_path, "scan")
     for o, r in zip(out, ref):
         assert_close(o, r, "compiled vs eager", exact=o.dtype == I64)
-    found = [fi for rep in REPORTS for fi in rep if fi.family == "scan"]
     assert sorted(fi.status for fi in found) == ["candidate"] * 3 + ["skipped"], found
-    snap = stats.snapshot()
     assert snap["kernel_calls"] == 3 and snap["rewritten_custom_op"] == 3, snap

@@ -5,9 +5,6 @@ graph; the candidate space; GPU compilation (sm_90, no device needed)."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,7 +13,7 @@ from torch_kevolve.families import family_for_op, get_family
 from torch_kevolve.families.segment_reduce_backward import TEMPLATES, SegmentReduceBackwardFamily
 from torch_kevolve.kernels import launch, load_module
 
-from family_helpers import firsts, with_cfg  # noqa: E402
+from family_helpers import firsts, offline_backward_findings, run_sm90, with_cfg  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -144,69 +141,38 @@ def test_unsupported_specs_raise() -> None:
 def test_matches_real_training_graph(tmp_path) -> None:
     """The backward of segment_reduce (sum/mean, lengths/offsets) reaches our pass and is a candidate;
     max is skipped (offline mode: nothing searched)."""
-    from torch_kevolve.lowering import graph_pass
-
     assert family_for_op(OP) is FAM
     lengths = torch.tensor([2, 0, 3, 4])
     offsets = torch.tensor([0, 2, 2, 5, 9])
     for reduce, key, served in [("sum", "lengths", True), ("mean", "offsets", True), ("max", "lengths", False)]:
         x = torch.randn(9, 3, requires_grad=True)
         segs = lengths if key == "lengths" else offsets
-        torch._dynamo.reset()
-        graph_pass.REPORTS.clear()
-        fn = torch.compile(lambda x, s: torch.segment_reduce(x, reduce, **{key: s}, unsafe=True).square().sum(),
-                           backend="kevolve", options={"mode": "offline", "cache_dir": str(tmp_path),
-                                                       "fx_graph_cache": False})
-        fn(x, segs).backward()
-        found = [f for fs in graph_pass.REPORTS for f in fs if f.op == OP]
-        assert len(found) == 1, (reduce, [f.op for fs in graph_pass.REPORTS for f in fs])
+        found, seen = offline_backward_findings(
+            lambda x, s: torch.segment_reduce(x, reduce, **{key: s}, unsafe=True).square().sum(), (x, segs), OP, tmp_path)
+        assert len(found) == 1, (reduce, seen)
         assert (found[0].status == "candidate") == served, (reduce, found[0])
     torch._dynamo.reset()
 
 
 _SM90_SCRIPT = r"""
-import dataclasses, sys
-import torch
-from torch_kevolve.families import get_family
-from torch_kevolve.kernels import NoGpuToolchain, compile_for_gpu, load_module
-from torch_kevolve.spec import DeviceSig
-
 fam = get_family("segment_reduce_backward")
-cuda = DeviceSig("cuda", "NVIDIA H100 80GB HBM3", "sm_90")
-e = torch.empty
 specs = [  # seqrec-large-like sum over lengths; mean over offsets in bf16; fp16 1-D data
     fam.spec_for(e(4096, 128), e(4096, dtype=torch.int64), e(524288, 128), "sum", False),
     fam.spec_for(e(4096, 128, dtype=torch.bfloat16), e(4097, dtype=torch.int64), e(524288, 128, dtype=torch.bfloat16),
                  "mean", True),
     fam.spec_for(e(1000, dtype=torch.float16), e(1000, dtype=torch.int32), e(70000, dtype=torch.float16), "mean", False),
 ]
-for spec in specs:
-    spec = dataclasses.replace(spec, device=cuda)
-    done = set()
-    for cand in fam.candidates(spec):
-        if cand.template in done:
-            continue
-        done.add(cand.template)
-        try:
-            compiled = compile_for_gpu(load_module(cand.source, interpret=False), spec, fam.call_plan(spec, cand))
-        except NoGpuToolchain as ex:
-            print("NO-TOOLCHAIN", ex)
-            sys.exit(0)
-        for k, c in compiled.items():
-            assert c.asm.get("cubin"), (cand.template, k)
-            print("OK", spec.args[0].dtype, cand.template, k)
+for spec, cand, plan, compiled in each_plan(fam, specs):
+    for k in compiled:
+        print("OK", spec.args[0].dtype, cand.template, k)
 """
 
 
 def test_kernels_compile_for_sm90(tmp_path) -> None:
     """Every template and step kernel (scan, mark, gather, fill) compiles to sm_90 cubin for fp32/bf16/fp16,
     no GPU needed (a subprocess: TRITON_INTERPRET=0)."""
-    env = {**os.environ, "TRITON_INTERPRET": "0", "KEVOLVE_MODULE_DIR": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-c", _SM90_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    if "NO-TOOLCHAIN" in r.stdout:
-        pytest.skip(r.stdout.strip()[:200])
-    lines = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("OK ")]
-    assert {ln[-1] for ln in lines} == {"srb_scan", "srb_seg_fill", "srb_mark_rows", "srb_row_gather"}, r.stdout
+    stdout, ok = run_sm90(_SM90_SCRIPT, tmp_path)
+    lines = [ln.split() for ln in ok]
+    assert {ln[-1] for ln in lines} == {"srb_scan", "srb_seg_fill", "srb_mark_rows", "srb_row_gather"}, stdout
     # lengths specs: scan + fill, scan + mark + gather; the offsets spec: fill, mark + gather
-    assert len(lines) == 5 + 3 + 5, r.stdout
+    assert len(lines) == 5 + 3 + 5, stdout

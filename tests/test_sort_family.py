@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from family_helpers import with_cfg  # noqa: E402
+from family_helpers import run_kevolve_backend, run_sm90, with_cfg  # noqa: E402
 
 from torch_kevolve.families.base import Candidate, In, Out, Ws  # noqa: E402
 from torch_kevolve.families.sort import (KTHVALUE, MEDIAN, MEDIAN_DIM, SORT, SORT_STABLE, TEMPLATES, TOPK,  # noqa: E402
@@ -393,26 +393,9 @@ def test_match_handbuilt() -> None:
 # ------------------------------------------------------------------------------------------------
 
 _SM90_SCRIPT = r"""
-import dataclasses, pathlib, re, subprocess, sys, tempfile
-import torch, triton
 from torch_kevolve.families.sort import SortFamily, SORT, SORT_STABLE, TOPK, KTHVALUE, MEDIAN_DIM, MEDIAN
-from torch_kevolve.kernels import NoGpuToolchain, compile_for_gpu, load_module
-from torch_kevolve.spec import DeviceSig
-
-
-def resources(cubin):
-    tool = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    if not tool.exists():
-        return "regs ? local ?"
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(cubin)
-    txt = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-    reg, local = re.search(r"REG:(\d+)", txt), re.search(r"LOCAL:(\d+)", txt)
-    return f"regs {reg.group(1) if reg else '?'} local {local.group(1) if local else '?'}"
 
 fam = SortFamily()
-cuda = DeviceSig("cuda", "NVIDIA H100 80GB HBM3", "sm_90")
-e = torch.empty
 specs = [  # the bench shapes (topk k=64 of 4096, sort 4096 with and without indices), a strided bf16 stable
            # argsort, int8 kthvalue (integer keys), fp16 median
     fam.spec_for(TOPK, e(8192, 4096), 1, k=64, descending=True),
@@ -422,42 +405,29 @@ specs = [  # the bench shapes (topk k=64 of 4096, sort 4096 with and without ind
     fam.spec_for(KTHVALUE, e(2048, 1000, dtype=torch.int8), 1, k=17),
     fam.spec_for(MEDIAN_DIM, e(64, 1000, dtype=torch.float16), 1),
 ]
-for n, spec in enumerate(specs):
-    spec = dataclasses.replace(spec, device=cuda)
-    done = set()
-    for cand in fam.candidates(spec):
-        what = (cand.template, cand.cfg.get("RADIX_BITS")) if n == 0 else cand.template
-        if what in done:
-            continue
-        done.add(what)
-        plan = fam.call_plan(spec, cand)
-        try:
-            compiled = compile_for_gpu(load_module(cand.source, interpret=False), spec, plan)
-        except NoGpuToolchain as ex:
-            print("NO-TOOLCHAIN", ex)
-            sys.exit(0)
-        for k, c in compiled.items():
-            assert c.asm.get("cubin"), (cand.template, k)
-            print("OK", spec.op, cand.cfg, resources(c.asm["cubin"]), k)
+
+
+def pick(n, cands):
+    # the first per template; for topk (spec 0) per (template, RADIX_BITS)
+    chosen = {}
+    for cand in cands:
+        chosen.setdefault((cand.template, cand.cfg.get("RADIX_BITS")) if n == 0 else cand.template, cand)
+    return list(chosen.values())
+
+
+for spec, cand, plan, compiled in each_plan(fam, specs, pick):
+    for k, c in compiled.items():
+        print("OK", spec.op, cand.cfg, resources(c.asm["cubin"]), k)
 """
 
 
 def test_kernels_compile_for_sm90(tmp_path) -> None:
     """Both templates' default H100 configs (4096-wide rows at 16 warps, the 64-wide topk sort, several
     rows per program) compile to sm_90 cubin. A subprocess: TRITON_INTERPRET=1 is process-wide."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "TRITON_INTERPRET": "0", "KEVOLVE_MODULE_DIR": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-c", _SM90_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    if "NO-TOOLCHAIN" in r.stdout:
-        pytest.skip(r.stdout.strip()[:200])
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("OK ")]
+    stdout, lines = run_sm90(_SM90_SCRIPT, tmp_path)
     # topk k=64: sort + radix at RADIX_BITS 1 and 2 (4 is offered for shorter rows only); the three sorts:
     # one template; kthvalue and median: two
-    assert len(lines) == 3 + 3 + 2 * 2, r.stdout
+    assert len(lines) == 3 + 3 + 2 * 2, stdout
     assert {ln.rsplit(" ", 1)[-1] for ln in lines} == {"sel_sort", "sel_radix"}
     # the bench shapes' defaults keep the row in registers: no local-memory spills
     for ln in lines[:7]:
@@ -488,7 +458,7 @@ def test_match_real_post_grad_graph() -> None:
     """Every op as it reaches Inductor's post-grad graph on CPU (one compile): argsort is sort with only
     the indices getitem, argsort(stable=True) is sort.stable, msort is sort(dim=0), median() has no
     getitem; every node is matched with the call's arguments, and Inductor calls ATen for each."""
-    from family_helpers import compile_and_record
+    from family_helpers import compile_and_record, family_nodes
 
     def f(x):
         a = torch.sort(x, 1)
@@ -500,16 +470,14 @@ def test_match_real_post_grad_graph() -> None:
     x = torch.randn(4, 7)
     graphs, _ = compile_and_record(f, x)
     got = []
-    for g in graphs:
-        for n in g.nodes:
-            if str(n.target) in FAM.ops:
-                m = FAM.match(n)
-                assert hasattr(m, "spec"), m
-                why = FAM.inductor_fallback_reason(n)
-                assert why and ("cpu" in why or "decompose_sort_ops" in why), why
-                c = dict(m.spec.consts)
-                got.append((m.spec.op, tuple(FAM.wanted(m.spec)), c.get("dim"), c.get("descending"), c.get("stable"),
-                            c.get("k"), c.get("sorted"), c.get("keepdim")))
+    for n in family_nodes(graphs, FAM):
+        m = FAM.match(n)
+        assert hasattr(m, "spec"), m
+        why = FAM.inductor_fallback_reason(n)
+        assert why and ("cpu" in why or "decompose_sort_ops" in why), why
+        c = dict(m.spec.consts)
+        got.append((m.spec.op, tuple(FAM.wanted(m.spec)), c.get("dim"), c.get("descending"), c.get("stable"),
+                    c.get("k"), c.get("sorted"), c.get("keepdim")))
     assert sorted(got, key=str) == sorted([
         (SORT, (0, 1), 1, False, False, None, None, None),
         (SORT, (1,), 1, True, False, None, None, None),
@@ -526,9 +494,6 @@ def test_backend_end_to_end(store_dir, tmp_path) -> None:
     """torch.compile(backend="kevolve") on CPU: topk (both outputs), median.dim (values) and median()
     (a single-output op, its own result user) are searched,
     verified (through the family's compare) and called through the custom-op route, matching eager."""
-    from torch_kevolve import stats
-    from torch_kevolve.lowering import REPORTS
-
     def f(x):
         t = torch.topk(x, 3, dim=1)
         return t.values * 2, t.indices, torch.median(x, 1).values, torch.median(x) + 1
@@ -537,20 +502,9 @@ def test_backend_end_to_end(store_dir, tmp_path) -> None:
     x = torch.randn(4, 21, generator=g)
     x[1, 5] = NAN
     ref = f(x)
-    torch._dynamo.reset()
-    REPORTS.clear()
-    stats.reset()
-    opts = {"cache_dir": str(tmp_path / "store"), "executor": "inprocess", "max_candidates": 1, "seeds": 1,
-            "fx_graph_cache": False}
-    try:
-        with torch.no_grad(), torch._functorch.config.patch(enable_autograd_cache=False):
-            out = torch.compile(f, backend="kevolve", options=opts)(x)
-    finally:
-        torch._dynamo.reset()
+    out, found, snap = run_kevolve_backend(f, (x,), tmp_path, "sort", seeds=1)
     for o, r in zip(out, ref):  # no ties in randn: indices are unique answers too
         assert same(o, r)
-    snap = stats.snapshot()
-    found = [fi for rep in REPORTS for fi in rep if fi.family == "sort"]
     why = [(fi.op, fi.status, fi.decision) for fi in found]
     assert snap.get("kernel_calls") == 3 and snap.get("rewritten_custom_op") == 3, (snap, why)
     assert sorted(fi.op for fi in found if fi.status == "candidate") == [MEDIAN, MEDIAN_DIM, TOPK]

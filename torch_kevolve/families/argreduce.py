@@ -39,10 +39,11 @@ import torch
 from ..spec import DeviceSig, OpSpec, TensorSig, software_versions
 from . import register
 from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip, Step, Ws
-from .cumextrema import Geom, _one_dim, geometry
+from .cumextrema import Geom, geometry
 from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2, template_of, check_pow2
 from .util import meta_val, node_kwargs, unique_candidates
 from .util import strided as _strided
+from .util import EXTREMUM_IDENT_SOURCE, one_dim
 
 log = logging.getLogger("torch_kevolve")
 
@@ -120,32 +121,7 @@ def _best(v, idx, n_len, AXIS: tl.constexpr, MODE: tl.constexpr, KIND: tl.conste
             tv, ti = tl.reduce((v, idx), AXIS, _pick_min)
     return tv, ti
 
-
-@triton.jit
-def _ident(shape, MODE: tl.constexpr, KIND: tl.constexpr):
-    \"\"\"A value no element loses to (paired with an index past every element, which loses ties).\"\"\"
-    if KIND == 0:
-        if MODE == 0:
-            t = tl.full(shape, float("-inf"), tl.float32)
-        else:
-            t = tl.full(shape, float("inf"), tl.float32)
-    elif KIND == 1:
-        if MODE == 0:
-            t = tl.full(shape, float("-inf"), tl.float64)
-        else:
-            t = tl.full(shape, float("inf"), tl.float64)
-    elif KIND == 2:
-        if MODE == 0:
-            t = tl.full(shape, -2147483647 - 1, tl.int32)
-        else:
-            t = tl.full(shape, 2147483647, tl.int32)
-    else:
-        if MODE == 0:
-            t = tl.full(shape, -9223372036854775807 - 1, tl.int64)
-        else:
-            t = tl.full(shape, 9223372036854775807, tl.int64)
-    return t
-
+''' + EXTREMUM_IDENT_SOURCE + '''
 
 @triton.jit
 def _load(x_ptr, off, l, m, n_len, MODE: tl.constexpr, KIND: tl.constexpr):
@@ -589,7 +565,7 @@ def _geometry(x: TensorSig, dim: int | None) -> Geom:
     kind = _KINDS.get(x.torch_dtype, 2)
     if not x.shape:
         return Geom(1, 1, 1, 0, 0, 0, kind)
-    one = _one_dim(x.shape, x.stride)
+    one = one_dim(x.shape, x.stride)
     if one is None:
         raise ValueError(f"input strides {x.stride} (shape {x.shape}) do not collapse to one dim (flat reduction)")
     return Geom(1, one[0], 1, 0, one[1], 0, kind)

@@ -59,6 +59,7 @@ from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, n
 from .util import unique_candidates
 from .util import meta_val, node_kwargs
 from .util import strided as _strided
+from .util import EXTREMUM_IDENT_SOURCE, RowGeom, split_at
 
 log = logging.getLogger("torch_kevolve")
 
@@ -108,32 +109,7 @@ def _min_pair(av, ai, bv, bi):
     take = (bv < av) | (b_nan & ~a_nan) | (tie & (bi > ai))
     return tl.where(take, bv, av), tl.where(take, bi, ai)
 
-
-@triton.jit
-def _ident(shape, MODE: tl.constexpr, KIND: tl.constexpr):
-    \"\"\"A value no element loses to (paired with index -1, which loses every tie).\"\"\"
-    if KIND == 0:
-        if MODE == 0:
-            t = tl.full(shape, float("-inf"), tl.float32)
-        else:
-            t = tl.full(shape, float("inf"), tl.float32)
-    elif KIND == 1:
-        if MODE == 0:
-            t = tl.full(shape, float("-inf"), tl.float64)
-        else:
-            t = tl.full(shape, float("inf"), tl.float64)
-    elif KIND == 2:
-        if MODE == 0:
-            t = tl.full(shape, -2147483647 - 1, tl.int32)
-        else:
-            t = tl.full(shape, 2147483647, tl.int32)
-    else:
-        if MODE == 0:
-            t = tl.full(shape, -9223372036854775807 - 1, tl.int64)
-        else:
-            t = tl.full(shape, 9223372036854775807, tl.int64)
-    return t
-
+''' + EXTREMUM_IDENT_SOURCE + '''
 
 @triton.jit
 def _widen(x, KIND: tl.constexpr):
@@ -329,33 +305,12 @@ TEMPLATES: dict[str, tuple[str, str]] = {
 # ------------------------------------------------------------------------------------------------
 
 
-def _one_dim(shape: Sequence[int], stride: Sequence[int]) -> tuple[int, int] | None:
-    """Dims as one strided dim (size, stride), None when they do not collapse (size-1 dims ignored)."""
-    size = math.prod(shape)
-    dims = [(int(s), int(st)) for s, st in zip(shape, stride) if s != 1]
-    if size == 0 or not dims:
-        return size, 0
-    for (_, st0), (s1, st1) in zip(dims, dims[1:]):
-        if st0 != s1 * st1:
-            return None
-    return size, dims[-1][1]
-
-
 @dataclass(frozen=True)
-class Geom:
-    """``[outer, length, inner]``: lanes = outer * inner scans of ``length`` (see the module docstring)."""
+class Geom(RowGeom):
+    """``[outer, length, inner]``: lanes = outer * inner scans of ``length`` (see the module docstring),
+    values compared as ``kind`` (_KINDS)."""
 
-    outer: int
-    length: int
-    inner: int
-    stride_o: int
-    stride_l: int
-    stride_i: int
     kind: int
-
-    @property
-    def lanes(self) -> int:
-        return self.outer * self.inner
 
 
 def geometry(x: TensorSig, dim: int) -> Geom:
@@ -363,11 +318,7 @@ def geometry(x: TensorSig, dim: int) -> Geom:
     kind = _KINDS.get(x.torch_dtype, 2)
     if not x.shape:
         return Geom(1, 1, 1, 0, 0, 0, kind)
-    o = _one_dim(x.shape[:dim], x.stride[:dim])
-    i = _one_dim(x.shape[dim + 1:], x.stride[dim + 1:])
-    if o is None or i is None:
-        raise ValueError(f"input strides {x.stride} (shape {x.shape}) do not collapse to [outer, dim {dim}, inner]")
-    return Geom(o[0], int(x.shape[dim]), i[0], o[1], int(x.stride[dim]), i[1], kind)
+    return Geom(*split_at(x, dim), kind)
 
 
 def inductor_scan_splits(lanes: int, length: int, inner: bool, device: torch.device | None = None) -> int:

@@ -41,7 +41,7 @@ from ..spec import DeviceSig, OpSpec, TensorSig, software_versions
 from . import register
 from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip
 from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2
-from .util import meta_val, node_kwargs
+from .util import meta_val, node_kwargs, template_of
 from .util import strided as _strided
 
 _OPS = ("aten._embedding_bag.default", "aten._embedding_bag_forward_only.default")
@@ -840,9 +840,7 @@ class EmbeddingBagFamily(OpFamily):
         v, d, n, b = self._dims(spec)
         cfg = cand.cfg
         templates = self._templates(spec)
-        template = cand.template or next((t for t, (_, src) in templates.items() if src == cand.source), "")
-        if template not in templates:
-            raise ValueError(f"unknown embedding_bag template {template!r}")
+        template = template_of(cand, templates, "embedding_bag")
         kernel = templates[template][0]
         if f"def {kernel}(" not in cand.source:  # e.g. a sum/mean source for a max spec: wrong semantics
             raise ValueError(f"the candidate source has no kernel {kernel} (mode {spec.const('mode')})")

@@ -68,7 +68,8 @@ BLOCK_N blocks, the accumulator in fp32):
   and tail blocks run the masked loop.
 
 Knobs: BLOCK_M/BLOCK_N, num_warps/num_stages, ``SIGMOID`` (tl.sigmoid, or exp2 with a fast or an
-IEEE division), ``GRID`` (query
+IEEE division, or one PTX ``tanh.approx`` in fp32 or bf16x2 on CUDA), ``LATE`` (bf16: the scale
+multiplies the accumulator once instead of every weight), ``GRID`` (query
 blocks fastest: programs of one head run together and share its K/V in L2; or heads fastest),
 ``REVERSE`` (causal: the longest rows first for load balance).
 """
@@ -109,13 +110,26 @@ _COMMON = '''
 
 @triton.jit
 def _silu(x, SIGMOID: tl.constexpr):
-    """0: tl.sigmoid; 1: exp2 and a fast (approximate, ~2 ulp) division; 2: exp2 and IEEE division."""
+    """0: tl.sigmoid; 1: exp2 and a fast (approximate, ~2 ulp) division; 2: exp2 and IEEE division;
+    3: silu(x) = h + h·tanh(h), h = x/2, with one MUFU ``tanh.approx.f32`` (rel. error ~2^-11) instead
+    of two (exp2 + reciprocal); 4: the same with ``tanh.approx.bf16x2`` (two per MUFU op; the weights
+    are rounded to bf16 for the second dot anyway). 3 and 4 are PTX: CUDA only."""
     if SIGMOID == 0:
         y = x * tl.sigmoid(x)
     elif SIGMOID == 1:
         y = tl.fdiv(x, 1.0 + tl.exp2(x * -1.4426950408889634))
-    else:
+    elif SIGMOID == 2:
         y = x / (1.0 + tl.exp2(x * -1.4426950408889634))
+    elif SIGMOID == 3:
+        h = x * 0.5
+        t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [h], dtype=tl.float32,
+                                      is_pure=True, pack=1)
+        y = h + h * t
+    else:
+        h = x * 0.5
+        t = tl.inline_asm_elementwise("tanh.approx.bf16x2 $0, $1;", "=r,r", [h.to(tl.bfloat16)],
+                                      dtype=tl.bfloat16, is_pure=True, pack=2)
+        y = h + h * t.to(tl.float32)
     return y
 
 
@@ -134,7 +148,7 @@ def _block(acc, q, n0, offs_m, offs_d, offs_dv, m_len, k_len, d_qk, d_v,
            skd, skn, svn, svd, sbm, sbn, smm, smn, qk_scale, scale,
            HAS_BIAS: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BOUNDS: tl.constexpr,
            EVEN_M: tl.constexpr, EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr, SIGMOID: tl.constexpr,
-           IEEE: tl.constexpr, BLOCK_N: tl.constexpr):
+           IEEE: tl.constexpr, LATE: tl.constexpr, BLOCK_N: tl.constexpr):
     """acc += (mask(silu(q kᵀ * qk_scale + bias) * scale)) v for the key block at n0. BOUNDS: the block
     may cross the sequence end or the diagonal (per-element masks); else every key is live."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -169,7 +183,10 @@ def _block(acc, q, n0, offs_m, offs_d, offs_dv, m_len, k_len, d_qk, d_v,
             s += tl.load(b_ptrs, mask=tm, other=0.0).to(tl.float32)
         else:
             s += tl.load(b_ptrs).to(tl.float32)
-    p = _silu(s, SIGMOID) * scale
+    if LATE:
+        p = _silu(s, SIGMOID)  # the scale multiplies the accumulator once, in the epilogue
+    else:
+        p = _silu(s, SIGMOID) * scale
     if MASK_KIND != 0:
         mt = tl.load(mask_base + offs_m[:, None] * smm + offs_n[None, :] * smn,
                      mask=tm, other=0)
@@ -204,8 +221,8 @@ def _program(num_m, n_heads, q_len_full, k_len_full, len_ptr,
     q_len = q_len_full + 0 * mb
     k_len = k_len_full + 0 * mb
     if LEN_Q or LEN_K:
-        ln = tl.load(len_ptr + b).to(tl.int32)
-        ln = tl.maximum(ln, 0)
+        ln = tl.load(len_ptr + b)  # clamped in its own dtype: an int64 2**40 must not wrap to 0
+        ln = tl.minimum(tl.maximum(ln, 0), tl.maximum(q_len_full, k_len_full)).to(tl.int32)
         if LEN_Q:
             q_len = tl.minimum(ln, q_len_full)
         if LEN_K:
@@ -227,7 +244,7 @@ _SIGNATURE = '''
     smn: tl.constexpr,
     qk_scale: tl.constexpr, scale: tl.constexpr,
     HAS_BIAS: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, LEN_Q: tl.constexpr,
-    LEN_K: tl.constexpr, IEEE: tl.constexpr, SIGMOID: tl.constexpr, GRID: tl.constexpr,
+    LEN_K: tl.constexpr, IEEE: tl.constexpr, SIGMOID: tl.constexpr, LATE: tl.constexpr, GRID: tl.constexpr,
     REVERSE: tl.constexpr, EVEN_M: tl.constexpr, EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,'''
 
@@ -250,6 +267,8 @@ _PROLOGUE = '''
 '''
 
 _EPILOGUE = '''
+    if LATE:
+        acc = acc * scale
     acc = tl.where((offs_m < q_len)[:, None], acc, 0.0)
     o_ptrs = o_ptr + bh.to(tl.int64) * m_len * d_v + offs_m[:, None] * d_v + offs_dv[None, :]
     tl.store(o_ptrs, acc.to(o_ptr.dtype.element_ty), mask=(offs_m < m_len)[:, None] & (offs_dv < d_v)[None, :])
@@ -269,7 +288,7 @@ def hstu_flash(''' + _SIGNATURE + '''
         hi = tl.where(mb * BLOCK_M < q_len, k_len, 0)
     for n0 in range(0, hi, BLOCK_N):
         acc = _block(acc, q, n0, ''' + _BLOCK_ARGS + '''
-                     True, EVEN_M, EVEN_D, EVEN_DV, SIGMOID, IEEE, BLOCK_N)
+                     True, EVEN_M, EVEN_D, EVEN_DV, SIGMOID, IEEE, LATE, BLOCK_N)
 ''' + _EPILOGUE
 
 SPLIT_SOURCE = _HEADER + _COMMON + '''
@@ -286,10 +305,10 @@ def hstu_split(''' + _SIGNATURE + '''
     full = tl.maximum(full, 0)
     for n0 in range(0, full, BLOCK_N):
         acc = _block(acc, q, n0, ''' + _BLOCK_ARGS + '''
-                     False, EVEN_M, EVEN_D, EVEN_DV, SIGMOID, IEEE, BLOCK_N)
+                     False, EVEN_M, EVEN_D, EVEN_DV, SIGMOID, IEEE, LATE, BLOCK_N)
     for n0 in range(full, hi, BLOCK_N):
         acc = _block(acc, q, n0, ''' + _BLOCK_ARGS + '''
-                     True, EVEN_M, EVEN_D, EVEN_DV, SIGMOID, IEEE, BLOCK_N)
+                     True, EVEN_M, EVEN_D, EVEN_DV, SIGMOID, IEEE, LATE, BLOCK_N)
 ''' + _EPILOGUE
 
 TEMPLATES: dict[str, tuple[str, str]] = {
@@ -1089,6 +1108,14 @@ class HstuAttentionFamily(OpFamily):
         if causal:
             add("split", bm0, bn0, 8, 3, REVERSE=0)
             add("flash", bm0, bn0, 8, 3, SKIP=0)
+        # one MUFU op per score (tanh.approx) instead of two (exp2 + reciprocal); bf16: the scale once
+        # on the accumulator (fp16 weights could overflow unscaled)
+        late = 1 if g.dtype == "bfloat16" else 0
+        for bm, bn, nw, ns in ((bm0, bn0, 8 if not big else 4, 3 if not big else 2), (64, 64, 4, 3),
+                               (128, 128, 8, 2), (128, 64, 4, 3), (64, 128, 4, 2)):
+            add("split", bm, bn, nw, ns, SIGMOID=3, LATE=late)
+            if g.dtype == "bfloat16":
+                add("split", bm, bn, nw, ns, SIGMOID=4, LATE=late)
         return unique_candidates(out, lambda t: TEMPLATES[t][1])
 
     def call_plan(self, spec: OpSpec, cand: Candidate) -> CallPlan:
@@ -1101,6 +1128,10 @@ class HstuAttentionFamily(OpFamily):
         for k, v in (("BLOCK_M", bm), ("BLOCK_N", bn)):
             if v < 16 or v & (v - 1):
                 raise ValueError(f"{k}={v} is not a power of two >= 16 (tl.dot)")
+        if int(cfg.get("SIGMOID", 1)) in (3, 4) and spec.device.type != "cuda":
+            raise ValueError("SIGMOID 3/4 are PTX (tanh.approx): CUDA only")
+        if int(cfg.get("LATE", 0)) and g.dtype == "float16":
+            raise ValueError("LATE scale with fp16: unscaled weights may overflow fp16")
         bd, bdv = max(16, _next_pow2(g.D)), max(16, _next_pow2(g.DV))
         num_m = _cdiv(g.M, bm)
         bh = g.B * g.H
@@ -1132,7 +1163,7 @@ class HstuAttentionFamily(OpFamily):
             ("HAS_BIAS", spec.args[3] is not None), ("MASK_KIND", _MASKS.index(kind)),
             ("CAUSAL", bool(spec.const("causal"))), ("LEN_Q", bool(spec.const("len_q"))),
             ("LEN_K", bool(spec.const("len_k"))), ("IEEE", q_sig.dtype == "float32"),
-            ("SIGMOID", int(cfg.get("SIGMOID", 1))), ("GRID", grid_order), ("REVERSE", int(cfg.get("REVERSE", 0))),
+            ("SIGMOID", int(cfg.get("SIGMOID", 1))), ("LATE", int(cfg.get("LATE", 0))), ("GRID", grid_order), ("REVERSE", int(cfg.get("REVERSE", 0))),
             ("EVEN_M", g.M % bm == 0), ("EVEN_D", bd == g.D), ("EVEN_DV", bdv == g.DV),
             ("BLOCK_M", bm), ("BLOCK_N", bn), ("BLOCK_D", bd), ("BLOCK_DV", bdv),
         ]

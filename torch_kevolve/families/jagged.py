@@ -83,7 +83,7 @@ from ..spec import DeviceSig, OpSpec, TensorSig, software_versions
 from . import register
 from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip
 from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2
-from .util import unique_candidates
+from .util import check_pow2, template_of, unique_candidates
 from .util import meta_val, node_kwargs
 from .util import strided as _strided
 
@@ -970,13 +970,11 @@ class JaggedFamily(OpFamily):
         assert data is not None and off is not None
         dims = self._dims(spec)
         cfg = cand.cfg
-        template = cand.template or next(t for t, (_, _, src) in TEMPLATES.items() if src == cand.source)
+        template = template_of(cand, TEMPLATES, "jagged")
         top, kernel, _ = TEMPLATES[template]
         if top != spec.op:
             raise ValueError(f"template {template!r} serves {top}, not {spec.op}")
-        for k, v in cfg.items():
-            if k.startswith("BLOCK") and (int(v) < 1 or int(v) & (int(v) - 1)):
-                raise ValueError(f"{k}={v} is not a power of two")
+        check_pow2(cfg)
         b, d = dims["B"], dims["D"]
         bd = int(cfg.get("BLOCK_D", 1))
         nd = _cdiv(d, bd)

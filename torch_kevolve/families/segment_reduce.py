@@ -70,7 +70,7 @@ from ..spec import DeviceSig, OpSpec, TensorSig, software_versions
 from . import register
 from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip, Step, Ws
 from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2
-from .util import meta_val, node_kwargs
+from .util import check_pow2, meta_val, node_kwargs, template_of
 from .util import strided as _strided
 
 _OP = "aten.segment_reduce.default"
@@ -954,14 +954,9 @@ class SegmentReduceFamily(OpFamily):
         assert data is not None and segs is not None
         n, d, s = self._dims(spec)
         cfg = cand.cfg
-        template = cand.template or next(
-            (t for t, (_, src) in TEMPLATES.items() if cand.source in (src, SCAN_SOURCES[t])), "")
-        if template not in TEMPLATES:
-            raise ValueError(f"unknown segment_reduce template {template!r}")
+        template = template_of(cand, TEMPLATES, "segment_reduce", variants=SCAN_SOURCES)
         kernel = TEMPLATES[template][0]
-        for k, v in cfg.items():
-            if k.startswith("BLOCK_") and (int(v) < 1 or int(v) & (int(v) - 1)):
-                raise ValueError(f"{k}={v} is not a power of two")
+        check_pow2(cfg, lambda k: k.startswith("BLOCK_"))
         bd, br = int(cfg["BLOCK_D"]), int(cfg.get("BLOCK_R", 1024))
         nd = _cdiv(max(d, 1), bd) if d > 0 else 0
         if nd > _MAX_GRID_Y:

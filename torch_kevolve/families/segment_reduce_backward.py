@@ -255,6 +255,12 @@ class SegmentReduceBackwardFamily(OpFamily):
         assert grad is not None and segs is not None and data is not None
         if isinstance(grad, FakeTensor) or grad.device.type == "meta":
             return [torch.zeros_like(data, memory_format=torch.contiguous_format)]
+        if segs.device.type == "cpu":
+            # ATen's CPU backward trusts the forward's checks: negative lengths or offsets outside the data
+            # make it write out of bounds (segfault / heap corruption). Raise as the forward does instead.
+            why = self.input_error(spec, inputs)
+            if why is not None:
+                raise RuntimeError(f"_segment_reduce_backward: {why}")
         key = "offsets" if spec.const("use_offsets") else "lengths"
         out = torch.ops.aten._segment_reduce_backward.default(
             grad, grad, data, str(spec.const("reduce")), **{key: segs.contiguous()}, axis=0)

@@ -52,7 +52,6 @@ from __future__ import annotations
 import logging
 import math
 import operator
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -63,6 +62,7 @@ from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip, W
 from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2, template_of, check_pow2
 from .util import meta_val, node_kwargs, unique_candidates
 from .util import strided as _strided
+from .util import RowGeom as Geom, one_dim, split_at
 
 log = logging.getLogger("torch_kevolve")
 
@@ -281,40 +281,12 @@ TEMPLATES: dict[str, tuple[str, str]] = {
 # ------------------------------------------------------------------------------------------------
 
 
-def _one_dim(shape: Sequence[int], stride: Sequence[int]) -> tuple[int, int] | None:
-    """Dims as one strided dim (size, stride), None when they do not collapse (size-1 dims ignored)."""
-    size = math.prod(shape)
-    dims = [(int(s), int(st)) for s, st in zip(shape, stride) if s != 1]
-    if size == 0 or not dims:
-        return size, 0
-    for (_, st0), (s1, st1) in zip(dims, dims[1:]):
-        if st0 != s1 * st1:
-            return None
-    return size, dims[-1][1]
-
-
-@dataclass(frozen=True)
-class Geom:
-    """``[outer, length, inner]``: ``outer * inner`` rows of ``length``."""
-
-    outer: int
-    length: int
-    inner: int
-    stride_o: int
-    stride_l: int
-    stride_i: int
-
-    @property
-    def lanes(self) -> int:
-        return self.outer * self.inner
-
-
 def geometry(x: TensorSig, dim: int | None) -> Geom:
     """``dim=None``: the whole tensor as one row (median.default). ValueError when not served."""
     if not x.shape:
         return Geom(1, 1, 1, 0, 0, 0)
     if dim is None:
-        r = _one_dim(x.shape, x.stride)
+        r = one_dim(x.shape, x.stride)
         if r is None:  # median's value does not depend on element order: a dense permuted layout is one row
             dims = sorted((int(st), int(sz)) for sz, st in zip(x.shape, x.stride) if sz != 1)
             want = 1
@@ -324,11 +296,7 @@ def geometry(x: TensorSig, dim: int | None) -> Geom:
                 want *= sz
             r = (want, 1)
         return Geom(1, r[0], 1, 0, r[1], 0)
-    o = _one_dim(x.shape[:dim], x.stride[:dim])
-    i = _one_dim(x.shape[dim + 1:], x.stride[dim + 1:])
-    if o is None or i is None:
-        raise ValueError(f"input strides {x.stride} (shape {x.shape}) do not collapse to [outer, dim {dim}, inner]")
-    return Geom(o[0], int(x.shape[dim]), i[0], o[1], int(x.stride[dim]), i[1])
+    return Geom(*split_at(x, dim))
 
 
 def _mode_of(op: str) -> str:

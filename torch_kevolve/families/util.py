@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import math
+from dataclasses import dataclass
+
 import torch
 
 from ..spec import TensorSig
@@ -82,11 +85,14 @@ def unique_candidates(proposals: Any, source_of: Any) -> list:
     return cands
 
 
-def template_of(cand: Any, templates: dict, family: str) -> str:
+def template_of(cand: Any, templates: dict, family: str, variants: dict[str, str] | None = None) -> str:
     """The template ``cand`` comes from: its recorded name, else the template whose source it is (each
-    ``templates`` value ends with the source). An unknown name is a ValueError: a stored or model-written
+    ``templates`` value ends with the source; ``variants`` maps a template to another source it may come
+    as, e.g. segment_reduce's scan prefix). An unknown name is a ValueError: a stored or model-written
     candidate naming a template the family no longer has must not be launched with a guessed plan."""
-    name = cand.template or next((t for t, entry in templates.items() if entry[-1] == cand.source), "")
+    variants = variants or {}
+    name = cand.template or next(
+        (t for t, entry in templates.items() if cand.source in (entry[-1], variants.get(t))), "")
     if name not in templates:
         raise ValueError(f"unknown {family} template {name!r}")
     return name
@@ -97,3 +103,73 @@ def check_pow2(cfg: dict, keys: Any = lambda k: k.startswith("BLOCK")) -> None:
     for k, v in cfg.items():
         if keys(k) and (int(v) < 1 or int(v) & (int(v) - 1)):
             raise ValueError(f"{k}={v} is not a power of two")
+
+
+def one_dim(shape: Sequence[int], stride: Sequence[int]) -> tuple[int, int] | None:
+    """Dims as one strided dim (size, stride), None when they do not collapse (size-1 dims ignored)."""
+    size = math.prod(shape)
+    dims = [(int(s), int(st)) for s, st in zip(shape, stride) if s != 1]
+    if size == 0 or not dims:
+        return size, 0
+    for (_, st0), (s1, st1) in zip(dims, dims[1:]):
+        if st0 != s1 * st1:
+            return None
+    return size, dims[-1][1]
+
+
+@dataclass(frozen=True)
+class RowGeom:
+    """``[outer, length, inner]``: ``outer * inner`` rows (lanes) of ``length`` along one dim."""
+
+    outer: int
+    length: int
+    inner: int
+    stride_o: int
+    stride_l: int
+    stride_i: int
+
+    @property
+    def lanes(self) -> int:
+        return self.outer * self.inner
+
+
+def split_at(x: TensorSig, dim: int) -> tuple[int, int, int, int, int, int]:
+    """``x`` (at least 1-d) as ``[outer, dim, inner]``: RowGeom's fields; ValueError when the dims
+    before or after ``dim`` do not collapse to one strided dim."""
+    o = one_dim(x.shape[:dim], x.stride[:dim])
+    i = one_dim(x.shape[dim + 1:], x.stride[dim + 1:])
+    if o is None or i is None:
+        raise ValueError(f"input strides {x.stride} (shape {x.shape}) do not collapse to [outer, dim {dim}, inner]")
+    return o[0], int(x.shape[dim]), i[0], o[1], int(x.stride[dim]), i[1]
+
+
+# Kernel-source pieces shared by several families' templates. Each template stays one self-contained
+# module string (stored with the kernel), so these are text concatenated into the *_SOURCE strings.
+
+EXTREMUM_IDENT_SOURCE = '''
+@triton.jit
+def _ident(shape, MODE: tl.constexpr, KIND: tl.constexpr):
+    \"\"\"A value no element loses to under max (MODE 0) / min (MODE 1), in KIND's compute dtype
+    (0 fp32, 1 fp64, 2 int32, 3 int64); the index paired with it must lose every tie (see _load).\"\"\"
+    if KIND == 0:
+        if MODE == 0:
+            t = tl.full(shape, float("-inf"), tl.float32)
+        else:
+            t = tl.full(shape, float("inf"), tl.float32)
+    elif KIND == 1:
+        if MODE == 0:
+            t = tl.full(shape, float("-inf"), tl.float64)
+        else:
+            t = tl.full(shape, float("inf"), tl.float64)
+    elif KIND == 2:
+        if MODE == 0:
+            t = tl.full(shape, -2147483647 - 1, tl.int32)
+        else:
+            t = tl.full(shape, 2147483647, tl.int32)
+    else:
+        if MODE == 0:
+            t = tl.full(shape, -9223372036854775807 - 1, tl.int64)
+        else:
+            t = tl.full(shape, 9223372036854775807, tl.int64)
+    return t
+'''

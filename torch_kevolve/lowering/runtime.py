@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Sequence
 
@@ -28,8 +28,12 @@ class Loaded:
     candidate: Candidate | None  # None: no usable kernel, run eager
     module: ModuleType | None
     plan: CallPlan | None
+    # Bucketed (dynamic) specs only: the plan of each concrete (shapes, strides) seen, so a call
+    # costs one dict lookup. Per Loaded, so the key needs no spec or source; bounded by _MAX_PLANS.
+    plans: dict[tuple, CallPlan] = field(default_factory=dict)
 
 
+_MAX_PLANS = 4096  # distinct concrete shapes kept per kernel; a stream of odd sizes starts over
 _lock = threading.Lock()
 _registry: dict[str, Loaded] = {}
 
@@ -106,25 +110,22 @@ def _input_error(family: OpFamily, spec: OpSpec, args: Sequence[torch.Tensor | N
         return f"input check failed ({type(e).__name__}: {e})"
 
 
-_plans: dict[tuple, CallPlan] = {}
-
-
 def _plan(ld: Loaded, args: Sequence[torch.Tensor | None]) -> CallPlan:
     """The call plan for these inputs: the installed one for a static spec; for a bucket, the plan of
-    the concrete sizes (made once per distinct shape)."""
+    the concrete sizes (made once per distinct shape). No lock: two threads racing on a new shape
+    both compute the same plan, and dict get/set are atomic under the GIL."""
     assert ld.plan is not None and ld.candidate is not None
     if not ld.spec.dynamic:
         return ld.plan
-    key = (ld.spec.key, ld.candidate.source, tuple(None if t is None else (tuple(t.shape), tuple(t.stride())) for t in args))
-    plan = _plans.get(key)
+    key = tuple(None if t is None else (tuple(t.shape), tuple(t.stride())) for t in args)
+    plan = ld.plans.get(key)
     if plan is None:
         from ..dynamic import concretize
 
         plan = ld.family.call_plan(concretize(ld.spec, args), ld.candidate)
-        with _lock:
-            if len(_plans) > 4096:
-                _plans.clear()
-            _plans[key] = plan
+        if len(ld.plans) >= _MAX_PLANS:
+            ld.plans.clear()
+        ld.plans[key] = plan
     return plan
 
 

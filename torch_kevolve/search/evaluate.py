@@ -79,8 +79,10 @@ class ScoredResult:
     evidence: dict = field(default_factory=dict)
 
 
-def compare(out: torch.Tensor, ref: torch.Tensor, rtol: float, atol: float) -> tuple[bool, float, float, list[int] | None]:
-    """Closeness with NaN never passing unless the reference has NaN at the same place."""
+def compare(out: torch.Tensor, ref: torch.Tensor, rtol: float, atol: float,
+            slack: torch.Tensor | None = None) -> tuple[bool, float, float, list[int] | None]:
+    """Closeness with NaN never passing unless the reference has NaN at the same place. ``slack``: a
+    per-element absolute allowance added to the tolerance (``OpFamily.tolerance_slack``)."""
     if out.shape != ref.shape:
         return False, math.inf, math.inf, None
     if out.numel() == 0:
@@ -93,6 +95,8 @@ def compare(out: torch.Tensor, ref: torch.Tensor, rtol: float, atol: float) -> t
     inf_mismatch = both & (torch.isinf(o) | torch.isinf(r)) & (o != r)
     diff = torch.where(both & ~torch.isinf(r), (o - r).abs(), torch.zeros_like(o))
     tol = atol + rtol * r.abs().nan_to_num(0.0, posinf=0.0, neginf=0.0)
+    if slack is not None:
+        tol = tol + slack.detach().to(torch.float64).cpu().nan_to_num(0.0, posinf=0.0, neginf=0.0)
     bad = bad | inf_mismatch | (diff > tol)
     max_abs = float(diff.max()) if diff.numel() else 0.0
     rel = diff / r.abs().clamp_min(1e-30)
@@ -244,9 +248,10 @@ class Evaluator:
             semantic = self.family.compare(sp, inputs, outs, refs)  # None: numeric, below
             if semantic:
                 return Diagnostics("verify", semantic, case=name, cases_checked=n)
+            slacks = self.family.tolerance_slack(sp, inputs, refs) if semantic is None else None
             for j, (o, r) in enumerate(zip(outs, refs) if semantic is None else ()):
                 rtol, atol = self.family.tolerance(o.dtype)
-                ok, mabs, mrel, where = compare(o, r, rtol, atol)
+                ok, mabs, mrel, where = compare(o, r, rtol, atol, slacks[j] if slacks else None)
                 if not ok:
                     return Diagnostics(
                         "verify", f"output {j} differs from reference", case=name,
