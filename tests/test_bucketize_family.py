@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from family_helpers import firsts, pick, with_cfg  # noqa: E402
+from family_helpers import firsts, pick, run_sm90, with_cfg  # noqa: E402
 
 from torch_kevolve import families as _families
 
@@ -419,15 +419,7 @@ def test_edge_cases(key: str) -> None:
 # ------------------------------------------------------------------------------------------------
 
 _SM90_SCRIPT = r"""
-import dataclasses, sys
-import torch, triton
-from torch_kevolve.families import get_family
-from torch_kevolve.kernels import NoGpuToolchain, compile_for_gpu, load_module
-from torch_kevolve.spec import DeviceSig
-
 fam = get_family("bucketize")
-cuda = DeviceSig("cuda", "NVIDIA H100 80GB HBM3", "sm_90")
-e = torch.empty
 L = torch.long
 specs = [  # every CMP mode (fp32, fp64, ints, fp16, bf16), sorters, per-row sequences, M = 1 (STEPS 1)
     fam.spec_for("aten.bucketize.Tensor", e(1000, 7), e(40), None, False, False),
@@ -437,22 +429,9 @@ specs = [  # every CMP mode (fp32, fp64, ints, fp16, bf16), sorters, per-row seq
     fam.spec_for("aten.searchsorted.Tensor", e(64, 9, dtype=torch.float16), e(64, 33, dtype=torch.float64), e(64, 33, dtype=L), True, False),
     fam.spec_for("aten.searchsorted.Tensor", e(64, 9, dtype=torch.int32), e(64, 33, dtype=torch.int8), None, False, True),
 ]
-for spec in specs:
-    spec = dataclasses.replace(spec, device=cuda)
-    done = set()
-    for cand in fam.candidates(spec):
-        if cand.template in done:
-            continue
-        done.add(cand.template)
-        plan = fam.call_plan(spec, cand)
-        try:
-            compiled = compile_for_gpu(load_module(cand.source, interpret=False), spec, plan)
-        except NoGpuToolchain as ex:
-            print("NO-TOOLCHAIN", ex)
-            sys.exit(0)
-        for k, c in compiled.items():
-            assert c.asm.get("cubin"), (cand.template, k)
-            print("OK", spec.args[0].dtype, spec.args[1].dtype, cand.template)
+for spec, cand, plan, compiled in each_plan(fam, specs):
+    for k in compiled:
+        print("OK", spec.args[0].dtype, spec.args[1].dtype, cand.template)
 """
 
 
@@ -460,19 +439,10 @@ def test_kernels_compile_for_sm90(tmp_path) -> None:
     """Every template under every comparison mode (fp16/bf16 rounding, fp64, ints), with and without a
     sorter, compiles to sm_90 cubin (tl.gather included), no GPU needed. A subprocess: with
     TRITON_INTERPRET=1 at import, triton is interpreter-only for the process."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "TRITON_INTERPRET": "0", "KEVOLVE_MODULE_DIR": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-c", _SM90_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    if "NO-TOOLCHAIN" in r.stdout:
-        pytest.skip(r.stdout.strip()[:200])
-    done = {line.rsplit(" ", 1)[-1] for line in r.stdout.splitlines() if line.startswith("OK ")}
-    assert done == {"search", "smem", "count", "row"}, r.stdout
+    stdout, lines = run_sm90(_SM90_SCRIPT, tmp_path)
+    assert {ln.rsplit(" ", 1)[-1] for ln in lines} == {"search", "smem", "count", "row"}, stdout
     # 1-D specs: search, smem, count (M = 4000: no count); per-row: row, search
-    assert r.stdout.count("OK ") == 3 * 3 + 2 + 2 * 2, r.stdout
+    assert len(lines) == 3 * 3 + 2 + 2 * 2, stdout
 
 
 # ------------------------------------------------------------------------------------------------

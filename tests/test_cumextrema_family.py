@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from family_helpers import firsts, with_cfg  # noqa: E402
+from family_helpers import fake_node, firsts, run_sm90, with_cfg  # noqa: E402
 
 from torch_kevolve import families as _families
 
@@ -236,34 +236,17 @@ def _graph_node(op: str, x: torch.Tensor, dim: int, users: tuple[int, ...] = (0,
     """A cummax/cummin call on a FakeTensor placeholder, with getitem users for ``users``."""
     import operator
 
-    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
-    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
-
-    fm = FakeTensorMode(shape_env=ShapeEnv()) if dynamic else FakeTensorMode()
-
-    def fake(t: torch.Tensor, dyn: bool = False) -> Any:
-        if device is not None:
-            return FakeTensor(fm, torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta"),
-                              torch.device(device))
-        if dyn:
-            ctx = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC] * t.dim(), constraint_sizes=[None] * t.dim())
-            return fm.from_tensor(t, symbolic_context=ctx)
-        return fm.from_tensor(t)
-
-    g = torch.fx.Graph()
-    ph = g.placeholder("x")
-    ph.meta["val"] = fake(x, dynamic)
     target = torch.ops.aten.cummax.default if op == CUMMAX else torch.ops.aten.cummin.default
-    node = g.call_function(target, (ph, dim))
     v, i = outs if outs is not None else (torch.empty(x.shape, dtype=x.dtype), torch.empty(x.shape, dtype=I64))
-    node.meta["val"] = (fake(v), fake(i))
+    node = fake_node(target, x, (dim,), (v, i), device=device, dynamic=dynamic)
+    g = node.graph
     gets = {}
     for j in users:
         gi = g.call_function(operator.getitem, (node, j))
         gi.meta["val"] = node.meta["val"][j]
         gets[j] = gi
     g.output(tuple(gets.values()))
-    return node, ph, gets
+    return node, node.args[0], gets
 
 
 def test_inductor_fallback_reason() -> None:
@@ -456,15 +439,7 @@ def test_default_interpreter_candidates_pass_edge_cases() -> None:
 # ------------------------------------------------------------------------------------------------
 
 _SM90_SCRIPT = r"""
-import dataclasses, sys
-import torch, triton
-from torch_kevolve.families import get_family
-from torch_kevolve.kernels import NoGpuToolchain, compile_for_gpu, load_module
-from torch_kevolve.spec import DeviceSig
-
 fam = get_family("cumextrema")
-cuda = DeviceSig("cuda", "NVIDIA H100 80GB HBM3", "sm_90")
-e = torch.empty
 specs = [  # every KIND (fp32-carried halves, fp64, int32-carried small ints / bool, int64), max and min,
            # values only / indices only, a strided scan dim
     fam.spec_for("aten.cummax.default", e(64, 5000), 1),
@@ -473,22 +448,9 @@ specs = [  # every KIND (fp32-carried halves, fp64, int32-carried small ints / b
     fam.spec_for("aten.cummin.default", e(8, 9000, dtype=torch.int64), 1),
     fam.spec_for("aten.cummax.default", e(9000, 8, dtype=torch.float64).T, 1),
 ]
-for spec in specs:
-    spec = dataclasses.replace(spec, device=cuda)
-    done = set()
-    for cand in fam.candidates(spec):
-        if cand.template in done:
-            continue
-        done.add(cand.template)
-        plan = fam.call_plan(spec, cand)
-        try:
-            compiled = compile_for_gpu(load_module(cand.source, interpret=False), spec, plan)
-        except NoGpuToolchain as ex:
-            print("NO-TOOLCHAIN", ex)
-            sys.exit(0)
-        for k, c in compiled.items():
-            assert c.asm.get("cubin"), (cand.template, k)
-            print("OK", spec.args[0].dtype, cand.template, k)
+for spec, cand, plan, compiled in each_plan(fam, specs):
+    for k in compiled:
+        print("OK", spec.args[0].dtype, cand.template, k)
 """
 
 
@@ -496,18 +458,10 @@ def test_kernels_compile_for_sm90(tmp_path) -> None:
     """Every template and step kernel, for every carried dtype, max and min, values/indices only,
     compiles to sm_90 cubin (tuple scans, gathers, int64 extremes), no GPU needed. A subprocess: with
     TRITON_INTERPRET=1 at import, triton is interpreter-only for the process."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "TRITON_INTERPRET": "0", "KEVOLVE_MODULE_DIR": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-c", _SM90_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    if "NO-TOOLCHAIN" in r.stdout:
-        pytest.skip(r.stdout.strip()[:200])
-    kernels = {line.rsplit(" ", 1)[-1] for line in r.stdout.splitlines() if line.startswith("OK ")}
-    assert kernels == {"cum_tile", "cum_rows", "cum_chunk_reduce", "cum_chunk_carry", "cum_chunk_scan"}, r.stdout
-    assert r.stdout.count("OK ") == 5 * 5, r.stdout  # every spec: tile, rows, chunked (3 kernels)
+    stdout, lines = run_sm90(_SM90_SCRIPT, tmp_path)
+    kernels = {ln.rsplit(" ", 1)[-1] for ln in lines}
+    assert kernels == {"cum_tile", "cum_rows", "cum_chunk_reduce", "cum_chunk_carry", "cum_chunk_scan"}, stdout
+    assert len(lines) == 5 * 5, stdout  # every spec: tile, rows, chunked (3 kernels)
 
 
 # ------------------------------------------------------------------------------------------------

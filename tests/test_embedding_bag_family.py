@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from family_helpers import compile_and_record  # noqa: E402
+from family_helpers import compile_and_record, run_sm90  # noqa: E402
 import torch.nn.functional as F
 
 from torch_kevolve.families import Match, Skip, family_for_op, get_family
@@ -364,43 +364,21 @@ def test_max_call_plans_use_the_max_kernels() -> None:
 
 
 _SM90_SCRIPT = r"""
-import sys
-import torch, triton
-from torch_kevolve.families import get_family
-from torch_kevolve.kernels import NoGpuToolchain, compile_for_gpu, load_module
-
 fam = get_family("embedding_bag")
-spec = fam.spec_for(torch.empty(40, 48, dtype=torch.bfloat16), torch.zeros(150, dtype=torch.int32),
-                    torch.zeros(13, dtype=torch.int64), None, 2, True, 3)
-todo = {}
-for c in fam.candidates(spec):
-    todo.setdefault((c.template, c.cfg.get("ACC_TILE")), c)
-for (t, _), cand in todo.items():
-    plan = fam.call_plan(spec, cand)
-    try:
-        compiled = compile_for_gpu(load_module(cand.source, interpret=False), spec, plan)
-    except NoGpuToolchain as ex:
-        print("NO-TOOLCHAIN", ex)
-        sys.exit(0)
-    for k, c in compiled.items():
-        assert c.asm.get("cubin"), (cand.template, k)
-        print("OK", t, k)
+specs = [fam.spec_for(torch.empty(40, 48, dtype=torch.bfloat16), torch.zeros(150, dtype=torch.int32),
+                      torch.zeros(13, dtype=torch.int64), None, 2, True, 3)]
+
+for spec, cand, plan, compiled in each_plan(fam, specs, first_per(lambda c: (c.template, c.cfg.get("ACC_TILE")))):
+    for k in compiled:
+        print("OK", cand.template, k)
 """
 
 
 def test_max_kernels_compile_for_sm90(tmp_path) -> None:
     """mode='max' kernels (int8 NaN tracking, carried counts; ACC_TILE too) compile to sm_90 cubin
     under Triton's CUDA backend, no GPU needed. A subprocess: the interpreter owns this one."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "TRITON_INTERPRET": "0", "KEVOLVE_MODULE_DIR": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-c", _SM90_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    if "NO-TOOLCHAIN" in r.stdout:
-        pytest.skip(r.stdout.strip()[:200])
-    assert r.stdout.count("OK ") == 4, r.stdout  # 3 templates, bag_per_program with and without ACC_TILE
+    stdout, lines = run_sm90(_SM90_SCRIPT, tmp_path)
+    assert len(lines) == 4, stdout  # 3 templates, bag_per_program with and without ACC_TILE
 
 
 # ------------------------------------------------------------------------------------------------

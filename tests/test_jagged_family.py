@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from family_helpers import compile_and_record, firsts, pick, with_cfg  # noqa: E402
+from family_helpers import compile_and_record, firsts, pick, run_sm90, with_cfg  # noqa: E402
 
 from torch_kevolve import families as _families
 
@@ -475,11 +475,6 @@ def test_edge_cases(key: str) -> None:
 # ------------------------------------------------------------------------------------------------
 
 _SM90_SCRIPT = r"""
-import sys
-import torch, triton
-from torch_kevolve.families import get_family
-from torch_kevolve.kernels import NoGpuToolchain, compile_for_gpu, load_module
-
 fam = get_family("jagged")
 off = torch.zeros(8, dtype=torch.int32)
 specs = [
@@ -491,22 +486,10 @@ specs = [
     fam.p2j_spec(torch.empty(7, 9, dtype=torch.int64), [off.long()], 30),
     fam.p2j_spec(torch.empty(1, 1, dtype=torch.uint8), [off[:2]], 1),
 ]
-for spec in specs:
-    done = set()
-    for cand in fam.candidates(spec):
-        key = (cand.template, cand.cfg.get("NARROW"))
-        if key in done:
-            continue
-        done.add(key)
-        plan = fam.call_plan(spec, cand)
-        try:
-            compiled = compile_for_gpu(load_module(cand.source, interpret=False), spec, plan)
-        except NoGpuToolchain as ex:
-            print("NO-TOOLCHAIN", ex)
-            sys.exit(0)
-        for k, c in compiled.items():
-            assert c.asm.get("cubin"), (cand.template, k)
-            print("OK", spec.args[0].dtype, *key)
+
+for spec, cand, plan, compiled in each_plan(fam, specs, first_per(lambda c: (c.template, c.cfg.get("NARROW")))):
+    for k in compiled:
+        print("OK", spec.args[0].dtype, cand.template, cand.cfg.get("NARROW"))
 """
 
 
@@ -514,17 +497,9 @@ def test_kernels_compile_for_sm90(tmp_path) -> None:
     """The GPU path: every template (both search modes; bool, fp64 and bf16 NaN padding; int arguments
     Triton specializes to constexpr 1) compiles to sm_90 cubin under Triton's CUDA backend, no GPU
     needed. A subprocess: with TRITON_INTERPRET=1 at import, triton is interpreter-only for the process."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "TRITON_INTERPRET": "0", "KEVOLVE_MODULE_DIR": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-c", _SM90_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    if "NO-TOOLCHAIN" in r.stdout:
-        pytest.skip(r.stdout.strip()[:200])
+    stdout, lines = run_sm90(_SM90_SCRIPT, tmp_path)
     # 4 j2p specs x 3 templates + 3 p2j specs x 4 (search narrow/wide, batch, flat)
-    assert r.stdout.count("OK ") == 24, r.stdout
+    assert len(lines) == 24, stdout
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from family_helpers import compile_and_record, firsts, pick, with_cfg  # noqa: E402
+from family_helpers import compile_and_record, firsts, pick, run_sm90, with_cfg  # noqa: E402
 
 from torch_kevolve import families as _families
 
@@ -620,17 +620,11 @@ def test_csr_out_of_range_and_offer() -> None:
 
 
 _SM90_SCRIPT = r"""
-import dataclasses, sys
-import torch, triton
-from torch_kevolve.families import all_families, get_family
+from torch_kevolve.families import all_families
 from torch_kevolve.families import scatter as SC
-from torch_kevolve.kernels import NoGpuToolchain, compile_for_gpu, load_module
-from torch_kevolve.spec import DeviceSig
 
 all_families()
 fam = get_family("scatter")
-cuda = DeviceSig("cuda", "H100", "sm_90")
-e = torch.empty
 row = e(30, dtype=torch.long)[:, None].expand(30, 40)
 f16, bf16 = torch.float16, torch.bfloat16
 specs = [
@@ -641,25 +635,30 @@ specs = [
     fam.spec_for(SC.SCATTER_REDUCE, e(50, 40, dtype=f16), row, e(30, 40, dtype=f16), 0, "prod", False),
     fam.spec_for(SC.SCATTER_REDUCE, e(50, 40), row, e(30, 40), 0, "sum", False),
 ]
+
+
+def key(spec, cand):
+    cfg = cand.cfg
+    return (spec.args[0].dtype, spec.const("reduce"), spec.const("include_self"), cand.template,
+            cfg.get("SEG_COMBINE"), cfg.get("D_LOOP"), cfg.get("USE_DOT"), cfg.get("SCAN"))
+
+
 done = set()
-for spec in specs:
-    spec = dataclasses.replace(spec, device=cuda)
-    for cand in fam.candidates(spec):
-        cfg = cand.cfg
-        key = (spec.args[0].dtype, spec.const("reduce"), spec.const("include_self"), cand.template,
-               cfg.get("SEG_COMBINE"), cfg.get("D_LOOP"), cfg.get("USE_DOT"), cfg.get("SCAN"))
-        if key in done:
-            continue
-        done.add(key)
-        plan = fam.call_plan(spec, cand)
-        try:
-            compiled = compile_for_gpu(load_module(cand.source, interpret=False), spec, plan)
-        except NoGpuToolchain as ex:
-            print("NO-TOOLCHAIN", ex)
-            sys.exit(0)
-        for k, c in compiled.items():
-            assert c.asm.get("cubin"), (cand.template, k)
-            print("OK", key, k)
+
+
+def pick(i, cands):
+    # the first per structural variant, across all specs
+    out = []
+    for cand in cands:
+        if key(specs[i], cand) not in done:
+            done.add(key(specs[i], cand))
+            out.append(cand)
+    return out
+
+
+for spec, cand, plan, compiled in each_plan(fam, specs, pick):
+    for k in compiled:
+        print("OK", key(spec, cand), k)
 """
 
 
@@ -668,20 +667,12 @@ def test_kernels_compile_for_sm90(tmp_path) -> None:
     max/min, segmented scans, one-hot dots, generic prod) compiles to sm_90 cubin, no GPU needed; the
     interpreter cannot catch GPU-only errors. A subprocess: with TRITON_INTERPRET=1 at import, triton's
     own stdlib is interpreter-only for the whole process."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "TRITON_INTERPRET": "0", "KEVOLVE_MODULE_DIR": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-c", _SM90_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    if "NO-TOOLCHAIN" in r.stdout:
-        pytest.skip(r.stdout.strip()[:200])
-    kernels = {line.rsplit(" ", 1)[-1] for line in r.stdout.splitlines() if line.startswith("OK ")}
+    stdout, lines = run_sm90(_SM90_SCRIPT, tmp_path, timeout=600)
+    kernels = {ln.rsplit(" ", 1)[-1] for ln in lines}
     assert kernels == {"scatter_src", "scatter_copy", "scatter_atomic", "scatter_finalize", "scatter_scan",
                        "scatter_csr_hist", "scatter_csr_scan", "scatter_csr_block_sums", "scatter_csr_block_scan",
-                       "scatter_csr_fill", "scatter_csr_reduce"}, r.stdout
-    assert r.stdout.count("OK ") >= 30, r.stdout
+                       "scatter_csr_fill", "scatter_csr_reduce"}, stdout
+    assert len(lines) >= 30, stdout
 
 
 # ------------------------------------------------------------------------------------------------

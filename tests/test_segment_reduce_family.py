@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from family_helpers import compile_and_record, firsts, pick, with_cfg  # noqa: E402
+from family_helpers import compile_and_record, firsts, pick, run_sm90, with_cfg  # noqa: E402
 
 from torch_kevolve import families as _families
 
@@ -557,41 +557,34 @@ def test_nan_propagates_like_eager(reduce: str) -> None:
 
 
 _SM90_SCRIPT = r"""
-import dataclasses, math, sys
-import torch, triton
-from torch_kevolve.families import all_families, get_family
+import math
+from torch_kevolve.families import all_families
 from torch_kevolve.families import segment_reduce  # noqa: F401
 from torch_kevolve.families.segment_reduce import SCAN_SOURCES
-from torch_kevolve.kernels import NoGpuToolchain, compile_for_gpu, load_module
 
 all_families()
 fam = get_family("segment_reduce")
-for reduce, off, dt, init in (("max", False, torch.bfloat16, -math.inf), ("prod", True, torch.float16, 2.0),
-                              ("mean", True, torch.float32, None)):
-    segs = torch.zeros(11, dtype=torch.int32)
-    spec = fam.spec_for(torch.empty(60, 24, dtype=dt), reduce, lengths=None if off else segs[:10],
-                        offsets=segs if off else None, initial=init)
-    done = set()
-    todo = []
-    for cand in fam.candidates(spec):
-        if cand.template not in done and not cand.cfg.get("SCAN"):
-            done.add(cand.template)
-            todo.append(cand)
-    if not off:  # lengths on scanned starts: the two-level scan with one template, the one-program with another
-        scans = {(c.template, c.cfg["SCAN"]): c for c in fam.candidates(spec) if c.cfg.get("SCAN")}
-        first = next(iter(scans.values()))
+cases = (("max", False, torch.bfloat16, -math.inf), ("prod", True, torch.float16, 2.0),
+         ("mean", True, torch.float32, None))
+segs = torch.zeros(11, dtype=torch.int32)
+specs = [fam.spec_for(torch.empty(60, 24, dtype=dt), reduce, lengths=None if off else segs[:10],
+                      offsets=segs if off else None, initial=init) for reduce, off, dt, init in cases]
+
+
+def pick(i, cands):
+    # the first per template (no scan); lengths on scanned starts: the two-level scan with one template,
+    # the one-program with another
+    todo = list(first_per_template(i, [c for c in cands if not c.cfg.get("SCAN")]))
+    if not cases[i][1]:
+        first = next(c for c in cands if c.cfg.get("SCAN"))
         todo += [dataclasses.replace(first, template="seg_per_program", source=SCAN_SOURCES["seg_per_program"], config=tuple(sorted({**first.cfg, "SCAN": 2, "SCAN_BLOCK": 1024, "BLOCK_N": 4, "ACC_TILE": False}.items()))),
                  dataclasses.replace(first, template="seg_tile", source=SCAN_SOURCES["seg_tile"], config=tuple(sorted({**first.cfg, "SCAN": 1, "SCAN_BLOCK": 4096, "BLOCK_S": 8, "BLOCK_N": 4}.items())))]
-    for cand in todo:
-        plan = fam.call_plan(spec, cand)
-        try:
-            compiled = compile_for_gpu(load_module(cand.source, interpret=False), spec, plan)
-        except NoGpuToolchain as ex:
-            print("NO-TOOLCHAIN", ex)
-            sys.exit(0)
-        for k, c in compiled.items():
-            assert c.asm.get("cubin"), (cand.template, k)
-            print("OK", reduce, cand.template, k)
+    return todo
+
+
+for spec, cand, plan, compiled in each_plan(fam, specs, pick):
+    for k in compiled:
+        print("OK", spec.const("reduce"), cand.template, k)
 """
 
 
@@ -601,16 +594,8 @@ def test_kernels_compile_for_sm90(tmp_path) -> None:
     Triton's CUDA backend, no GPU needed; the interpreter cannot catch
     GPU-only errors. A subprocess: with TRITON_INTERPRET=1 at import, triton's own stdlib is
     interpreter-only for the whole process."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "TRITON_INTERPRET": "0", "KEVOLVE_MODULE_DIR": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-c", _SM90_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    if "NO-TOOLCHAIN" in r.stdout:
-        pytest.skip(r.stdout.strip()[:200])
-    assert r.stdout.count("OK ") == 9 + 5, r.stdout  # 3 specs x 3 templates; scans: 3 + 2 steps
+    stdout, lines = run_sm90(_SM90_SCRIPT, tmp_path)
+    assert len(lines) == 9 + 5, stdout  # 3 specs x 3 templates; scans: 3 + 2 steps
 
 
 # ------------------------------------------------------------------------------------------------

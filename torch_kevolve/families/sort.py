@@ -41,6 +41,8 @@ Templates (canonical problem ``[O, L, I]`` like cumextrema: ``O * I`` lanes, eac
   below the threshold (ties by index through a cumsum), compacts them to a workspace, and sorts only
   those ``k`` (``BLOCK_K``). For topk k=64 of 4096 this replaces a 4096-wide bitonic network with
   16 counting steps and a 64-wide sort.
+* ``bitonic`` (topk only): ``tl.topk`` over the packed keys -- bitonic sorts of runs of ``BLOCK_K``,
+  then log2(row / k) halvings that keep the better run of each pair; no workspace, no full-row sort.
 
 Block sizes follow the spec (``BLOCK_N`` = the padded row, ``BLOCK_K`` = padded k), so one config serves
 every edge case; the search varies rows per program, warps and radix width.
@@ -270,9 +272,35 @@ def sel_radix(''' + _SIGNATURE + '''
         _store_pairs(x_ptr, v_ptr, i_ptr, x_row, out_row, si, pm, stride_l, WRITE_V, WRITE_I)
 '''
 
+BITONIC_SOURCE = _HEADER + _COMMON + '''
+
+@triton.jit
+def sel_bitonic(''' + _SIGNATURE + '''
+    BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    \"\"\"topk: BLOCK_R rows per program, the k smallest packed keys by a bitonic top-k (``tl.topk``:
+    sorts runs of BLOCK_K, then halves the row log2(BLOCK_N / BLOCK_K) times keeping the better run)
+    instead of a full-row sort; ``~`` turns its largest-first into our smallest-first.\"\"\"
+    p = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    pm = p < n_lanes
+    x_row, out_row = _lanes(p, inner, n_keep, stride_o, stride_i)
+    l = tl.arange(0, BLOCK_N)
+    m = pm[:, None] & (l < n_len)[None, :]
+    _, s = _load_keys(x_ptr, x_row[:, None], l[None, :], m, stride_l, KIND, DESC)
+    packed = (s.to(tl.int64) << 32) | l.to(tl.int64)[None, :]
+    packed = tl.where(m, packed, 9223372036854775807)
+    top = ~tl.topk(~packed, BLOCK_K, dim=1)
+    idx = (top & 4294967295).to(tl.int32)
+    kk = tl.arange(0, BLOCK_K)
+    om = pm[:, None] & (kk < n_keep)[None, :]
+    out_off = out_row[:, None] + kk.to(tl.int64)[None, :] * inner
+    _store_pairs(x_ptr, v_ptr, i_ptr, x_row[:, None], out_off, idx, om, stride_l, WRITE_V, WRITE_I)
+'''
+
 TEMPLATES: dict[str, tuple[str, str]] = {
     "sort": ("sel_sort", SORT_SOURCE),
     "radix": ("sel_radix", RADIX_SOURCE),
+    "bitonic": ("sel_bitonic", BITONIC_SOURCE),
 }
 
 
@@ -796,6 +824,10 @@ class SortFamily(OpFamily):
         for nw in (nw0 * 2, nw0 // 2, nw0 // 4):
             if 1 <= nw <= 16:
                 sort(br0, nw)
+        if _mode_of(spec.op) == "topk" and npow >= 2:  # bitonic top-k: runs of k, not the whole row
+            for br, nw in ((br0, None), (br0 * 2, None), (br0 // 2, None), (1, None), (br0, nw0 * 2), (br0, nw0 // 2)):
+                if 1 <= br <= _next_pow2(lanes) and (nw is None or 1 <= nw <= 16):
+                    out.append(("bitonic", dict(BLOCK_R=br, num_warps=nw or warps(br * npow), num_stages=1)))
         if not is_sort:  # rows per program share each step's barrier; wider digits: fewer steps
             # (BLOCK_R = num_warps: a warp per row where Triton lays warps along rows: warp-local counts)
             for br, nw, rb in ((br0, None, 1), (br0, None, 4), (br0 * 2, None, 2), (br0, nw0, 2), (br0, 4, 2),
@@ -835,6 +867,10 @@ class SortFamily(OpFamily):
         workspace: tuple[OutBuf, ...] = ()
         if template == "sort":
             args += [("BLOCK_R", br), ("BLOCK_N", bn)]
+        elif template == "bitonic":
+            if _mode_of(spec.op) != "topk":
+                raise ValueError("the bitonic template serves topk only")
+            args += [("BLOCK_R", br), ("BLOCK_N", bn), ("BLOCK_K", bk)]
         else:
             workspace = (OutBuf((max(g.lanes * k, 1),), "int64"),)
             rb = int(cfg.get("RADIX_BITS", 1))
