@@ -59,7 +59,7 @@ from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, n
 from .util import unique_candidates
 from .util import meta_val, node_kwargs
 from .util import strided as _strided
-from .util import EXTREMUM_IDENT_SOURCE, RowGeom, split_at
+from .util import EXTREMUM_IDENT_SOURCE, RowGeom, norm_dim, split_at
 
 log = logging.getLogger("torch_kevolve")
 
@@ -428,10 +428,7 @@ class CumExtremaFamily(OpFamily):
             raise ValueError(f"dtype {x.dtype} not served")
         if not _all_int(x):
             raise ValueError("symbolic sizes/strides (dynamic shapes not served yet)")
-        r = max(x.dim(), 1)
-        if not isinstance(dim, int) or isinstance(dim, bool) or not -r <= dim < r:
-            raise ValueError(f"dim={dim!r} out of range")
-        dim %= r
+        dim = norm_dim(dim, x.dim())
         sig = TensorSig.of(x)
         g = geometry(sig, dim)
         if g.length >= 2**31 - 1:

@@ -63,7 +63,7 @@ from . import register
 from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip, Ws
 from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2, template_of, check_pow2
 from .util import meta_val, node_kwargs, unique_candidates
-from .util import strided as _strided
+from .util import norm_dim, strided as _strided
 from .util import RowGeom as Geom, one_dim, split_at
 
 log = logging.getLogger("torch_kevolve")
@@ -382,10 +382,7 @@ class SortFamily(OpFamily):
         if not _all_int(x):
             raise ValueError("symbolic sizes/strides (dynamic shapes not served yet)")
         if dim is not None:
-            r = max(x.dim(), 1)
-            if not isinstance(dim, int) or isinstance(dim, bool) or not -r <= dim < r:
-                raise ValueError(f"dim={dim!r} out of range")
-            dim %= r
+            dim = norm_dim(dim, x.dim())
         sig = TensorSig.of(x)
         g = geometry(sig, dim)
         if g.length > MAX_ROW:

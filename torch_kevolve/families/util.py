@@ -117,6 +117,15 @@ def one_dim(shape: Sequence[int], stride: Sequence[int]) -> tuple[int, int] | No
     return size, dims[-1][1]
 
 
+def norm_dim(dim: Any, ndim: int) -> int:
+    """``dim`` wrapped into ``[0, max(ndim, 1))`` (a 0-d tensor has dim 0 / -1, as torch allows); a
+    ValueError for a non-int (bool included) or out-of-range dim."""
+    r = max(ndim, 1)
+    if not isinstance(dim, int) or isinstance(dim, bool) or not -r <= dim < r:
+        raise ValueError(f"dim={dim!r} out of range")
+    return dim % r
+
+
 @dataclass(frozen=True)
 class RowGeom:
     """``[outer, length, inner]``: ``outer * inner`` rows (lanes) of ``length`` along one dim."""
