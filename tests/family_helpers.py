@@ -13,6 +13,25 @@ import torch
 from torch_kevolve.families.base import Candidate
 
 
+@contextlib.contextmanager
+def interpreter_asserts(on: bool = True):
+    """``tl.device_assert`` live in Triton's interpreter, as on a GPU launch (``kernels.compile_options``:
+    Triton's ``debug``). The interpreter builds its options once, with debug off."""
+    from triton.runtime import interpreter
+
+    old = interpreter.interpreter_builder.options
+    interpreter.interpreter_builder.options = dataclasses.replace(old, debug=on)
+    try:
+        yield
+    finally:
+        interpreter.interpreter_builder.options = old
+
+
+def is_index_assert(e: BaseException) -> bool:
+    """The interpreter's report of one of our templates' index-range device asserts."""
+    return "out of range" in str(e) and "AssertionError" in f"{type(e).__name__}: {e!r}"
+
+
 def firsts(cands: list[Candidate]) -> dict[str, Candidate]:
     """Each template's first proposal (the family's default for it)."""
     out: dict[str, Candidate] = {}

@@ -19,7 +19,11 @@ views, NaN/inf/huge values, out-of-range or overflowing indices. :func:`check_ca
 * ``rejected``: eager raises. The raw kernel must still not fault nor write outside its outputs (its
   values are unspecified), and the user-facing path, ``runtime.call`` (the ``kevolve::run`` custom op),
   must raise eager's exception type: its value guard (``family.input_error``) sends such inputs to
-  eager.
+  eager. ``asserted``: a rejected case where the raw kernel, run with device asserts live (as every GPU
+  launch is), also stopped on its index-range assert, which is how a GPU call raises.
+
+Served and guarded launches run with the device asserts live too: an assert there (on inputs eager
+accepts) fails the test.
 
 Adding a family: write a strategy that returns ``Case`` objects and call ``run_property`` from a test
 (see ``tests/test_properties.py``); nothing here names a family.
@@ -32,7 +36,7 @@ import math
 from typing import Any, Callable, Sequence
 
 import torch
-from family_helpers import firsts
+from family_helpers import firsts, interpreter_asserts, is_index_assert
 
 from torch_kevolve.families.base import Candidate, OpFamily
 from torch_kevolve.kernels import launch, load_module
@@ -208,6 +212,17 @@ def _run_unspecified(family: OpFamily, spec: OpSpec, cand: Candidate, inputs: li
             raise
 
 
+def _asserts_on_rejected(family: OpFamily, spec: OpSpec, cand: Candidate, inputs: list) -> bool:
+    """Whether the raw kernel, with device asserts live, stops on an index-range assert (an input eager
+    rejects: the GPU raises there). Any other failure is left to the run without asserts."""
+    try:
+        with interpreter_asserts():
+            run_kernel(family, spec, cand, inputs)
+    except Exception as e:  # noqa: BLE001
+        return is_index_assert(e)
+    return False
+
+
 def pick_candidate(family: OpFamily, spec: OpSpec, template: int) -> Candidate:
     """The first candidate of one template (chosen by the case, so examples rotate templates)."""
     heads = list(firsts(family.candidates(spec)).values())
@@ -216,7 +231,8 @@ def pick_candidate(family: OpFamily, spec: OpSpec, template: int) -> Candidate:
 
 
 def check_case(family: OpFamily, case: Case) -> str:
-    """Check one case; returns its outcome: ``declined``, ``served``, ``guarded`` or ``rejected``."""
+    """Check one case; returns its outcome: ``declined``, ``served``, ``guarded``, ``rejected`` or
+    ``asserted``."""
     try:
         spec = case.make_spec()
     except ValueError:  # the node is skipped: Inductor's path (eager's answer or error), nothing of ours
@@ -226,21 +242,23 @@ def check_case(family: OpFamily, case: Case) -> str:
         eager = family.eager(spec, cpu)
     except Exception as e:  # noqa: BLE001 - eager rejects these inputs: so must we
         cand = pick_candidate(family, spec, case.template)
+        asserted = _asserts_on_rejected(family, spec, cand, cpu)
         _run_unspecified(family, spec, cand, cpu)  # values unspecified; must not fault or write out of bounds
         runtime.install(spec, cand)
         try:
             got = runtime.call(runtime.spec_handle(spec), cpu)
         except Exception as e2:  # noqa: BLE001
             assert isinstance(e2, type(e)), f"runtime raised {type(e2).__name__}: {e2}; eager raised {type(e).__name__}: {e}"
-            return "rejected"
+            return "asserted" if asserted else "rejected"
         raise AssertionError(f"eager raised {type(e).__name__}: {e}, but runtime.call returned "
                              f"{[tuple(t.shape) for t in got]} ({case.note})")
     cand = pick_candidate(family, spec, case.template)
     check = getattr(family, "input_error", None)
     if check is not None and check(spec, cpu) is not None:
         # eager accepts values the kernel was not verified for (unsorted boundaries, offsets eager
-        # tolerates...): the raw kernel must stay in bounds, the runtime must give eager's answer
-        _run_unspecified(family, spec, cand, cpu)
+        # tolerates...): the raw kernel must stay in bounds (and not assert), the runtime must give eager's answer
+        with interpreter_asserts():
+            _run_unspecified(family, spec, cand, cpu)
         runtime.install(spec, cand)
         got = runtime.call(runtime.spec_handle(spec), cpu)
         assert len(got) == len(eager) and all(
@@ -248,7 +266,8 @@ def check_case(family: OpFamily, case: Case) -> str:
         ), "runtime.call differs from eager on inputs its value guard sends to eager"
         return "guarded"
     try:
-        outs = run_kernel(family, spec, cand, cpu)
+        with interpreter_asserts():  # no device assert may fire on inputs eager accepts
+            outs = run_kernel(family, spec, cand, cpu)
     except Exception as e:  # noqa: BLE001
         if "overflow to signed inf" not in str(e):
             raise
@@ -271,7 +290,8 @@ def record(family: OpFamily, outcome: str, note: str) -> None:
 def figures_line(name: str) -> str:
     c = FIGURES[name]
     total = sum(v for k, v in c.items() if ":" not in k)
-    return f"PROPERTY {name}: {total} examples, " + ", ".join(f"{k}={c[k]}" for k in ("served", "guarded", "rejected", "declined", "interpreter_overflow")) \
+    return f"PROPERTY {name}: {total} examples, " + ", ".join(f"{k}={c[k]}" for k in ("served", "guarded", "rejected", "asserted", "declined",
+                                                                     "interpreter_overflow")) \
         + "; tags: " + ", ".join(f"{k}={v}" for k, v in sorted(c.items()) if ":" in k)
 
 

@@ -147,6 +147,25 @@ def bind_args(
     return kwargs
 
 
+def device_asserts() -> bool:
+    """Compile GPU launches with ``tl.device_assert`` live, as Inductor compiles its own kernels: its
+    ``assert_indirect_indexing`` (default on) sets Triton's ``debug``, and so does the Triton route's
+    user-defined-kernel launch. Templates assert index ranges eager checks on the device (e.g. an
+    embedding_bag index past the table), so a bad index raises a device-side assert, as eager does,
+    instead of an unspecified value. Triton's integer overflow sanitizer stays off (as in Inductor)."""
+    try:
+        import torch._inductor.config as ic
+
+        return bool(getattr(ic, "assert_indirect_indexing", True))
+    except Exception:  # pragma: no cover - Inductor unavailable
+        return True
+
+
+def compile_options() -> dict:
+    """Extra Triton options of a GPU launch (see ``device_asserts``)."""
+    return {"debug": True, "sanitize_overflow": False} if device_asserts() else {}
+
+
 def launch(
     module: ModuleType,
     plan: CallPlan,
@@ -161,10 +180,12 @@ def launch(
     if outs is None:
         outs = allocate_outputs(plan, device, poison=poison)
     ws = allocate_workspace(plan, device, poison=poison) if plan.workspace else []
+    extra = {} if needs_interpreter(device) else compile_options()
     for step in plan.steps:
         if all(g > 0 for g in step.grid):
             fn = getattr(module, step.kernel)
-            fn[tuple(step.grid)](**bind_args(step, inputs, outs, ws), num_warps=step.num_warps, num_stages=step.num_stages)
+            fn[tuple(step.grid)](**bind_args(step, inputs, outs, ws), num_warps=step.num_warps,
+                                 num_stages=step.num_stages, **extra)
     return outs
 
 
@@ -215,7 +236,8 @@ def compile_for_gpu(module: ModuleType, spec: "OpSpec", plan: CallPlan, arch: in
         try:
             out[step.kernel] = triton.compile(
                 ASTSource(fn=getattr(module, step.kernel), signature=sig, constexprs=consts),
-                target=GPUTarget("cuda", arch, 32), options={"num_warps": step.num_warps, "num_stages": step.num_stages})
+                target=GPUTarget("cuda", arch, 32),
+                options={"num_warps": step.num_warps, "num_stages": step.num_stages, **compile_options()})
         except Exception as e:
             if "ptxas" in str(e).lower() and "not found" in str(e).lower():
                 raise NoGpuToolchain(str(e)) from e

@@ -154,6 +154,7 @@ def _search_global(b_ptr, s_ptr, b_row, s_row, v, live, n_bounds, stride_bm, str
         if HAS_SORTER:
             j = tl.load(s_ptr + s_row + mid.to(tl.int64) * stride_sm, mask=active, other=0)
             ok = active & (j >= 0) & (j < n_bounds)  # out of range: eager raises; never read outside
+            tl.device_assert((j >= 0) & (j < n_bounds), "searchsorted: sorter index out of range", mask=active)
             bv = tl.load(b_ptr + b_row + j * stride_bm, mask=ok, other=0)
         else:
             bv = tl.load(b_ptr + b_row + mid.to(tl.int64) * stride_bm, mask=active, other=0)
@@ -225,6 +226,7 @@ def bucketize_smem(''' + _SIGNATURE + '''
     jm = j < n_bounds
     if HAS_SORTER:
         sj = tl.load(s_ptr + j.to(tl.int64) * stride_sm, mask=jm, other=0)
+        tl.device_assert((sj >= 0) & (sj < n_bounds), "searchsorted: sorter index out of range", mask=jm)
         jm = jm & (sj >= 0) & (sj < n_bounds)
         bt = tl.load(b_ptr + sj * stride_bm, mask=jm, other=0)
     else:
@@ -290,6 +292,7 @@ def bucketize_row(''' + _SIGNATURE + '''
     jm = (jr < n_rows) & (jp < n_bounds)
     if HAS_SORTER:
         sj = tl.load(s_ptr + jr * stride_sr + jp * stride_sm, mask=jm, other=0)
+        tl.device_assert((sj >= 0) & (sj < n_bounds), "searchsorted: sorter index out of range", mask=jm)
         jm = jm & (sj >= 0) & (sj < n_bounds)
         bt = tl.load(b_ptr + jr * stride_br + sj * stride_bm, mask=jm, other=0)
     else:

@@ -28,6 +28,12 @@ Three templates share one inner reduction (fp32 accumulation, int64 row addressi
 * ``bag_tile``: same grid; the BAGS_PER_PROG bags are the rows of a [BAGS_PER_PROG, BLOCK_D] tile
   and the program steps through bag positions, gathering one row per bag per step (parallel
   gathers when pooling factors are small and similar).
+
+Out-of-range indices (eager's CUDA kernel stops on a device-side assert) are masked out of every load,
+so no value can fault, and asserted in range right after they are read (``tl.device_assert``: live on
+GPU launches, which compile with Triton's ``debug`` as Inductor's own kernels do). Measured on the H100
+over the seven shipped kernels: 2.5% on average, at most 6% (an assert brings a branch and a barrier).
+Counting bad lanes and asserting once after the stores was no cheaper (up to 12%: one more live vector).
 """
 from __future__ import annotations
 
@@ -99,6 +105,7 @@ def _bag_reduce(
         idx = tl.load(indices_ptr + pos * stride_idx, mask=pm, other=0).to(tl.int64)
         # Out-of-range rows are masked (eager raises on them) so a bad index cannot fault.
         keep = pm & (idx >= 0) & (idx < num_embeddings)
+        tl.device_assert((idx >= 0) & (idx < num_embeddings), "embedding_bag: index out of range", mask=pm)
         if PADDING_IDX >= 0:
             keep = keep & (idx != PADDING_IDX)
         rows = tl.load(
@@ -194,6 +201,7 @@ def embedding_bag_bag_tile(''' + _SIGNATURE + '''
         jm = j < lens
         idx = tl.load(indices_ptr + (starts + j) * stride_idx, mask=jm, other=0).to(tl.int64)
         keep = jm & (idx >= 0) & (idx < num_embeddings)
+        tl.device_assert((idx >= 0) & (idx < num_embeddings), "embedding_bag: index out of range", mask=jm)
         if PADDING_IDX >= 0:
             keep = keep & (idx != PADDING_IDX)
         rows = tl.load(
@@ -250,6 +258,7 @@ def _bag_max(
         idx = tl.load(indices_ptr + pos * stride_idx, mask=pm, other=0).to(tl.int64)
         # Out-of-range rows are masked (eager raises on them) so a bad index cannot fault.
         keep = pm & (idx >= 0) & (idx < num_embeddings)
+        tl.device_assert((idx >= 0) & (idx < num_embeddings), "embedding_bag: index out of range", mask=pm)
         if PADDING_IDX >= 0:
             keep = keep & (idx != PADDING_IDX)
         x = tl.load(
@@ -336,6 +345,7 @@ def embedding_bag_max_bag_tile(''' + _SIGNATURE + '''
         jm = j < lens
         idx = tl.load(indices_ptr + (starts + j) * stride_idx, mask=jm, other=0).to(tl.int64)
         keep = jm & (idx >= 0) & (idx < num_embeddings)
+        tl.device_assert((idx >= 0) & (idx < num_embeddings), "embedding_bag: index out of range", mask=jm)
         if PADDING_IDX >= 0:
             keep = keep & (idx != PADDING_IDX)
         x = tl.load(

@@ -94,6 +94,7 @@ def _count(idx_ptr, start, end, stride_idx, num_weights, PADDING_IDX: tl.constex
         pm = p < end
         rows = tl.load(idx_ptr + p * stride_idx, mask=pm, other=-1).to(tl.int64)
         ok = pm & (rows >= 0) & (rows < num_weights)
+        tl.device_assert((rows >= 0) & (rows < num_weights), "embedding_bag_backward: index out of range", mask=pm)
         if PADDING_IDX >= 0:
             ok = ok & (rows != PADDING_IDX)
         acc += ok.to(tl.int32)
@@ -134,6 +135,7 @@ def ebb_bag_atomic(
                 pm = p < end
                 rows = tl.load(idx_ptr + p * stride_idx, mask=pm, other=-1).to(tl.int64)
                 ok = pm & (rows >= 0) & (rows < num_weights)
+                tl.device_assert((rows >= 0) & (rows < num_weights), "embedding_bag_backward: index out of range", mask=pm)
                 if PADDING_IDX >= 0:
                     ok = ok & (rows != PADDING_IDX)
                 contrib = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32) + g[None, :]
@@ -190,6 +192,7 @@ def ebb_index_atomic(
     bag = tl.load(bag_ptr + p, mask=pm, other=-1).to(tl.int64)
     rows = tl.load(idx_ptr + p * stride_idx, mask=pm, other=-1).to(tl.int64)
     ok = pm & (bag >= 0) & (rows >= 0) & (rows < num_weights)
+    tl.device_assert((rows >= 0) & (rows < num_weights), "embedding_bag_backward: index out of range", mask=pm & (bag >= 0))
     if PADDING_IDX >= 0:
         ok = ok & (rows != PADDING_IDX)
     s = tl.load(scale_ptr + bag, mask=ok, other=0.0)
@@ -209,6 +212,7 @@ def _valid(bag_ptr, idx_ptr, p, num_idx, num_weights, stride_idx, PADDING_IDX: t
     bag = tl.load(bag_ptr + p, mask=pm, other=-1)
     rows = tl.load(idx_ptr + p * stride_idx, mask=pm, other=-1).to(tl.int64)
     ok = pm & (bag >= 0) & (rows >= 0) & (rows < num_weights)
+    tl.device_assert((rows >= 0) & (rows < num_weights), "embedding_bag_backward: index out of range", mask=pm & (bag >= 0))
     if PADDING_IDX >= 0:
         ok = ok & (rows != PADDING_IDX)
     return rows, ok

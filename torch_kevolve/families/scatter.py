@@ -183,6 +183,15 @@ def _rows(idx, num_rows, WRAP_NEG: tl.constexpr):
     if WRAP_NEG:
         r = tl.where(r < 0, r + num_rows, r)
     return r
+
+
+@triton.jit
+def _load_rows(ptrs, mask, num_rows, WRAP_NEG: tl.constexpr):
+    \"\"\"``_rows`` of the indices at ``ptrs`` (masked lanes read 0). An index eager rejects is a device-side
+    assert where Triton's debug is on (GPU launches, as Inductor's own), else the kernels skip its row.\"\"\"
+    r = _rows(tl.load(ptrs, mask=mask, other=0), num_rows, WRAP_NEG)
+    tl.device_assert((r >= 0) & (r < num_rows), "scatter: index out of range", mask=mask)
+    return r
 '''
 
 _SIGNATURE = '''
@@ -250,12 +259,12 @@ def _scatter_tiles(
         m = (tile0 + t) * BLOCK_M + mi
         mm = m < num_idx
         if ROW_INDEX:  # one index per row: read it once for all columns
-            r = _rows(tl.load(idx_ptr + m * stride_im, mask=mm, other=0), num_rows, WRAP_NEG)
+            r = _load_rows(idx_ptr + m * stride_im, mm, num_rows, WRAP_NEG)
             if SEG_COMBINE and not RESET:  # run heads/ends inside this tile (neighbours wrapped alike)
                 p_ok = mm & (mi > 0)
                 q_ok = ((m + 1) < num_idx) & (mi < BLOCK_M - 1)
-                rp = _rows(tl.load(idx_ptr + (m - 1) * stride_im, mask=p_ok, other=0), num_rows, WRAP_NEG)
-                rq = _rows(tl.load(idx_ptr + (m + 1) * stride_im, mask=q_ok, other=0), num_rows, WRAP_NEG)
+                rp = _load_rows(idx_ptr + (m - 1) * stride_im, p_ok, num_rows, WRAP_NEG)
+                rq = _load_rows(idx_ptr + (m + 1) * stride_im, q_ok, num_rows, WRAP_NEG)
                 head_r = (~p_ok | (rp != r)).to(tl.int32)
                 end_r = ~q_ok | (rq != r)
         for d0 in range(d_lo, d_hi, BLOCK_D):
@@ -265,7 +274,7 @@ def _scatter_tiles(
             if ROW_INDEX:
                 r2 = r[:, None] + d[None, :] * 0
             else:
-                r2 = _rows(tl.load(idx_ptr + m[:, None] * stride_im + d[None, :] * stride_ik, mask=m2, other=0),
+                r2 = _load_rows(idx_ptr + m[:, None] * stride_im + d[None, :] * stride_ik, m2,
                            num_rows, WRAP_NEG)
             valid = m2 & (r2 >= 0) & (r2 < num_rows)
             offs = r2 * stride_on + d[None, :] * stride_od
@@ -458,7 +467,7 @@ def scatter_scan(''' + _SIGNATURE + '''
         m2 = mm[:, None] & dk[None, :]
         s = tl.load(src_ptr + m[:, None] * stride_sm + d[None, :] * stride_sk, mask=m2, other=0.0)
         if ROW_INDEX:
-            r = _rows(tl.load(idx_ptr + m * stride_im, mask=mm, other=0), num_rows, WRAP_NEG)
+            r = _load_rows(idx_ptr + m * stride_im, mm, num_rows, WRAP_NEG)
             hit = (r[None, :] == n[:, None]) & mm[None, :]  # [BLOCK_N, BLOCK_M]
             if USE_DOT:  # one-hot [N, M] @ src [M, D]: exact products, fp32 accumulation
                 # 0 * inf is NaN: non-finite values stay out of the dot and are counted apart, by a
@@ -478,7 +487,7 @@ def scatter_scan(''' + _SIGNATURE + '''
             else:
                 hit3 = hit[:, :, None] & dk[None, None, :]
         else:
-            r2 = _rows(tl.load(idx_ptr + m[:, None] * stride_im + d[None, :] * stride_ik, mask=m2, other=0),
+            r2 = _load_rows(idx_ptr + m[:, None] * stride_im + d[None, :] * stride_ik, m2,
                        num_rows, WRAP_NEG)
             hit3 = (r2[None, :, :] == n[:, None, None]) & m2[None, :, :]
         if not USE_DOT:
@@ -532,7 +541,7 @@ def scatter_csr_hist(
     \"\"\"CSR step 1: cnt[row(idx[m])] += 1 (int32 atomics; cnt zero-filled). Invalid rows skipped.\"\"\"
     m = tl.program_id(0).to(tl.int64) * CSR_BLOCK_M + tl.arange(0, CSR_BLOCK_M)
     mm = m < num_idx
-    r = _rows(tl.load(idx_ptr + m * stride_im, mask=mm, other=0), num_rows, WRAP_NEG)
+    r = _load_rows(idx_ptr + m * stride_im, mm, num_rows, WRAP_NEG)
     ok = mm & (r >= 0) & (r < num_rows)
     one = tl.full([CSR_BLOCK_M], 1, tl.int32)
     tl.atomic_add(cnt_ptr + tl.where(ok, r, 0), one, mask=ok, sem="relaxed")
@@ -590,7 +599,7 @@ def scatter_csr_fill(
     (cnt ends all zero). Slots within a row are in atomic order: the set is exact, its order not.\"\"\"
     m = tl.program_id(0).to(tl.int64) * CSR_BLOCK_M + tl.arange(0, CSR_BLOCK_M)
     mm = m < num_idx
-    r = _rows(tl.load(idx_ptr + m * stride_im, mask=mm, other=0), num_rows, WRAP_NEG)
+    r = _load_rows(idx_ptr + m * stride_im, mm, num_rows, WRAP_NEG)
     ok = mm & (r >= 0) & (r < num_rows)
     rr = tl.where(ok, r, 0)
     minus = tl.full([CSR_BLOCK_M], -1, tl.int32)
