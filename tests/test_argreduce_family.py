@@ -49,8 +49,11 @@ def template_cands(spec: OpSpec, pair: bool = False) -> dict[str, Candidate]:
     """One candidate per template with interpreter-sized blocks (the CUDA space offers both);
     ``pair``: also each with the tuple-reduction combine (TWO_PASS off)."""
     cands = firsts(FAM.candidates(dataclasses.replace(spec, device=CUDA)))
-    small = {"tile": dict(BLOCK_P=4, BLOCK_L=32), "split": dict(BLOCK_P=2, BLOCK_L=32, BLOCK_C=4),
-             "cols": dict(BLOCK_P=16, BLOCK_L=4)}
+    n = FAM.geom(spec).length
+    long_n = min(4 * max(1 << (n - 1).bit_length(), 16) + 1, 3001)  # FAM.edge_cases' long rows (flat: 2 of them)
+    persist_l = 1 << (max(n, 2 * long_n) - 1).bit_length()  # tile_persist is one-shot: BLOCK_L >= every L
+    small = {"tile_persist": dict(BLOCK_P=2, BLOCK_L=persist_l, PERSIST=1), "tile": dict(BLOCK_P=4, BLOCK_L=32), "split": dict(BLOCK_P=2, BLOCK_L=32, BLOCK_C=4),
+             "cols": dict(BLOCK_P=16, BLOCK_L=4), "cols_split": dict(BLOCK_P=16, BLOCK_L=4, CHUNK_L=8, BLOCK_C=2)}
     out = {t: with_cfg(c, **small[t]) for t, c in cands.items()}
     for t in TEMPLATES:
         if t not in out:
@@ -78,7 +81,7 @@ def check(spec: OpSpec, cand: Candidate, inputs: list, what: str = "") -> None:
 def test_registered() -> None:
     assert family_for_op(ARGMAX) is FAM and family_for_op(ARGMIN) is FAM
     assert set(FAM.ops) == set(FAM.lowered_ops) == {ARGMAX, ARGMIN}
-    assert set(TEMPLATES) == {"tile", "cols", "split"}
+    assert set(TEMPLATES) == {"tile", "cols", "split", "cols_split", "tile_persist"}
 
 
 def test_eager_semantics_pinned() -> None:
@@ -169,6 +172,9 @@ def test_candidates_and_plans() -> None:
                 assert plan.kernels == ("arg_split_reduce", "arg_split_finish")
                 assert plan.pre[0].grid == (chunks, -(-g.lanes // cfg["BLOCK_P"]))
                 assert [w.dtype for w in plan.workspace] == ["float32", "int32"]
+            elif c.template == "tile_persist":
+                assert plan.grid == (min(-(-g.lanes // cfg["BLOCK_P"]), 132 * cfg["PERSIST"]),)
+                assert cfg["BLOCK_L"] >= g.length and cfg["num_stages"] >= 2
             else:
                 assert plan.grid == (-(-g.lanes // cfg["BLOCK_P"]),)
         if first == "tile" and g.length <= 4096:
@@ -189,14 +195,93 @@ def test_candidates_and_plans() -> None:
 
 
 def test_cols_first_for_non_last_dims() -> None:
-    """argmin over dim 0 (lanes contiguous) starts with ``cols`` (both combine structures offered)."""
+    """argmin over dim 0 (lanes contiguous): ``cols_split`` first where the lane blocks cannot fill the
+    device ([4096, 8192]), else ``cols`` ([64, 65536]); both combine structures offered."""
     spec = make_spec(ARGMIN, (4096, 8192), 0, device=CUDA)
     cands = FAM.candidates(spec)
-    assert cands[0].template == "cols" and {c.cfg["TWO_PASS"] for c in cands if c.template == "cols"} == {True, False}
-    assert FAM.call_plan(spec, cands[0]).grid == (8192 // cands[0].cfg["BLOCK_P"], 1)
+    assert cands[0].template == "cols_split" and {c.cfg["TWO_PASS"] for c in cands if c.template == "cols"} == {True, False}
+    cols = next(c for c in cands if c.template == "cols")
+    assert FAM.call_plan(spec, cols).grid == (8192 // cols.cfg["BLOCK_P"], 1)
+    assert FAM.candidates(make_spec(ARGMIN, (64, 1 << 16), 0, device=CUDA))[0].template == "cols"
     assert not any(c.template == "cols" for c in FAM.candidates(make_spec(shape=(8192, 4096), device=CUDA)))
     with pytest.raises(ValueError, match="grid y"):
         FAM.call_plan(make_spec(ARGMAX, (70_000, 3, 2), 1), template_cands(spec)["cols"])
+
+
+def test_cols_split_candidates_and_plans() -> None:
+    """Non-last dims whose lane blocks cannot fill the device also get ``cols_split``: (lane block,
+    chunk, outer) programs -- >= 512 at [4096, 8192] dim 0 -- into a [outer, chunk, inner] workspace,
+    then one program per (lane block, outer); row reductions and wide-lane specs do not."""
+    spec = make_spec(ARGMIN, (4096, 8192), 0, device=CUDA)
+    cs = [c for c in FAM.candidates(spec) if c.template == "cols_split"]
+    assert len(cs) >= 4 and {c.cfg["TWO_PASS"] for c in cs} == {True, False}
+    for c in cs:
+        cfg = c.cfg
+        plan = FAM.call_plan(spec, c)
+        chunks = 4096 // cfg["CHUNK_L"]
+        assert plan.kernels == ("arg_cols_split_reduce", "arg_cols_split_finish")
+        assert plan.pre[0].grid == (8192 // cfg["BLOCK_P"], chunks, 1) and chunks * 8192 // cfg["BLOCK_P"] >= 512
+        assert plan.grid == (8192 // cfg["BLOCK_P"], 1)
+        assert [w.dtype for w in plan.workspace] == ["float32", "int32"] and plan.workspace[0].shape == (8192 * chunks,)
+        assert cfg["BLOCK_P"] * max(cfg["BLOCK_L"], cfg["BLOCK_C"]) <= 4096 and cfg["BLOCK_L"] <= cfg["CHUNK_L"]
+    for shape, dim in (((8192, 4096), 1), ((1 << 24,), None), ((64, 1 << 16), 0), ((100, 3, 7), 1)):
+        assert not any(c.template == "cols_split" for c in FAM.candidates(make_spec(ARGMAX, shape, dim, device=CUDA)))
+    with pytest.raises(ValueError, match="CHUNK_L"):
+        FAM.call_plan(spec, with_cfg(cs[0], BLOCK_L=64, CHUNK_L=32))
+
+
+def test_tile_persist_candidates_and_kernels() -> None:
+    """Many one-shot rows also get ``tile_persist`` (grid capped at PERSIST programs per SM, each looping
+    over lane blocks); it refuses rows longer than BLOCK_L; on the interpreter: more lane blocks than
+    programs (odd shapes, ties, NaN first, -0.0, keepdim) vs eager."""
+    spec = make_spec(ARGMAX, (8192, 4096), 1, device=CUDA)
+    ps = [c for c in FAM.candidates(spec) if c.template == "tile_persist"]
+    assert len(ps) == 3 and all(FAM.call_plan(spec, c).grid[0] <= 4 * 132 for c in ps)
+    for shape, dim in (((8, 90000), 1), ((4096, 8192), 0), ((100, 8192), 1)):
+        assert not any(c.template == "tile_persist" for c in FAM.candidates(make_spec(ARGMAX, shape, dim, device=CUDA)))
+    with pytest.raises(ValueError, match="one-shot"):
+        FAM.call_plan(make_spec(shape=(3, 600)), with_cfg(ps[0], BLOCK_L=512))
+    g = torch.Generator().manual_seed(3)
+    for k, (shape, dim, dt) in enumerate((((37, 45), 1, F32), ((45, 37), 0, BF16), ((1, 5), 1, F16), ((130, 3), 1, I32),
+                                          ((130, 3), 0, F64))):
+        x = torch.randint(-3, 3, shape, generator=g).double()
+        if dt.is_floating_point:
+            x = torch.where(x == 0, torch.where(torch.rand(shape, generator=g) < 0.5, -0.0, 0.0), x)
+            x[::3, shape[1] // 2] = NAN
+            x[1::4, -1] = NAN
+        x = x.to(dt)
+        for op in (ARGMAX, ARGMIN):
+            spec = FAM.spec_for(op, x, dim, k % 2 == 0)
+            for bp, per in ((1, 1), (4, 2), (2, 8)):
+                cand = with_cfg(ps[0], BLOCK_P=bp, BLOCK_L=256, PERSIST=per)  # (CPU: PERSIST programs in all)
+                assert FAM.call_plan(spec, cand).grid == (min(-(-FAM.geom(spec).lanes // bp), per),)
+                check(spec, cand, [x], f"{op} {list(shape)} {dim} {bp} {per}")
+
+
+@pytest.mark.parametrize("dt", [F32, BF16, I8, I64], ids=lambda d: str(d)[6:])
+def test_cols_split_kernels(dt: torch.dtype) -> None:
+    """cols_split (chunks, several BLOCK_C blocks, odd shapes, both combines) vs eager over dim 0 and
+    dim 1 of [37, 45], [1, 5], [130, 3], keepdim or not: ties (a small grid), NaN (the first wins),
+    -0.0 against 0.0."""
+    g = torch.Generator().manual_seed(7)
+    base = with_cfg(template_cands(make_spec(ARGMIN, (37, 45), 0))["cols_split"], TWO_PASS=True)
+    cfgs = (dict(BLOCK_P=16, BLOCK_L=4, CHUNK_L=8, BLOCK_C=2), dict(BLOCK_P=32, BLOCK_L=8, CHUNK_L=32, BLOCK_C=4),
+            dict(BLOCK_P=16, BLOCK_L=2, CHUNK_L=4, BLOCK_C=8, TWO_PASS=False))
+    for k, shape in enumerate(((37, 45), (1, 5), (130, 3))):
+        x = torch.randint(-3, 3, shape, generator=g).double()
+        if dt.is_floating_point:
+            x = torch.where(x == 0, torch.where(torch.rand(shape, generator=g) < 0.5, -0.0, 0.0), x)
+            if k != 1:
+                x[shape[0] // 2, :] = NAN  # every column: a NaN in the middle (dim 0)
+                x[5:, 1] = NAN
+                x[:, 2] = NAN  # every row (dim 1)
+        x = x.to(dt)
+        for dim in (0, 1):
+            for op in (ARGMAX, ARGMIN):
+                keep = (k + dim) % 2 == 1
+                spec = FAM.spec_for(op, x, dim, keep)
+                over = cfgs[(k + 2 * dim + (op == ARGMIN)) % len(cfgs)]
+                check(spec, with_cfg(base, **over), [x], f"{op} {list(shape)} dim {dim} {over}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -291,7 +376,8 @@ specs = [  # every KIND, max and min, flat, strided
     fam.spec_for("aten.argmax.default", e(9000, 8, dtype=torch.float64).T, 1),
     fam.spec_for("aten.argmin.default", e(8, 90000, dtype=torch.int64), 1),
     fam.spec_for("aten.argmax.default", e(8, 90000, dtype=torch.uint8), 1, True),
-    fam.spec_for("aten.argmin.default", e(4096, 8192), 0),  # a non-last dim: cols
+    fam.spec_for("aten.argmin.default", e(4096, 8192), 0),  # a non-last dim: cols, cols_split
+    fam.spec_for("aten.argmax.default", e(2048, 4096, dtype=torch.float16), 0),
 ]
 for spec, cand, plan, compiled in each_plan(fam, specs):
     for k, c in compiled.items():
@@ -305,8 +391,9 @@ def test_kernels_compile_for_sm90(tmp_path) -> None:
     import re
 
     stdout, lines = run_sm90(_SM90_SCRIPT, tmp_path)
-    assert {ln.split()[3] for ln in lines} == {"arg_tile", "arg_cols", "arg_split_reduce", "arg_split_finish"}, stdout
-    assert len(lines) == 5 * 3 + 4, stdout  # tile + split (2 kernels) each; dim 0: + cols
+    assert {ln.split()[3] for ln in lines} == {"arg_tile", "arg_cols", "arg_split_reduce", "arg_split_finish",
+                                               "arg_cols_split_reduce", "arg_cols_split_finish", "arg_tile_persist"}, stdout
+    assert len(lines) == 5 * 3 + 2 * 6 + 1, stdout  # tile + split (2) each; dim 0: + cols + cols_split (2); + tile_persist
     local = [int(m.group(1)) for ln in lines if (m := re.search(r"local (\d+)", ln))]
     assert local and all(v == 0 for v in local), stdout
 

@@ -106,11 +106,13 @@ def test_bad_index_asserts_in_every_template(case) -> None:
         _run(fam, spec, cand, bad)  # asserts off (the interpreter's default): masked, no fault
 
 
-def test_gpu_launches_compile_the_asserts(monkeypatch) -> None:
+def test_gpu_launches_compile_the_asserts() -> None:
     """GPU launches (and the sm_90 resource checks) pass Triton's ``debug`` unless Inductor's own
-    ``assert_indirect_indexing`` is off; the overflow sanitizer stays off, as in Inductor."""
+    ``assert_indirect_indexing`` is off; the overflow sanitizer stays off, as in Inductor. (Config's
+    own ``patch``: pytest's monkeypatch would *delete* the entry on undo, breaking every later compile.)"""
     import torch._inductor.config as ic
 
     assert compile_options() == {"debug": True, "sanitize_overflow": False}
-    monkeypatch.setattr(ic, "assert_indirect_indexing", False)
-    assert compile_options() == {}
+    with ic.patch(assert_indirect_indexing=False):
+        assert compile_options() == {}
+    assert ic.assert_indirect_indexing is True and compile_options()["debug"] is True
