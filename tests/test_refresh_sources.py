@@ -1,4 +1,5 @@
-"""scripts/refresh_sources.py: stored template kernels brought to the family's current template source."""
+"""``kevolve cache refresh`` (``cache_tools.refresh_store``) and its script form ``scripts/refresh_sources.py``:
+stored template kernels brought to the family's current template source."""
 from __future__ import annotations
 
 import importlib.util
@@ -50,3 +51,50 @@ def test_unknown_template_left_alone(tmp_path, capsys):
     assert refresh.main(["--store", str(tmp_path), "--write"]) == 0
     assert "1 unknown" in capsys.readouterr().out
     assert KernelStore(tmp_path).get(cur.spec).candidate.source == llm.source
+
+
+def test_cli_refresh(tmp_path, capsys):
+    """The ``kevolve cache refresh`` form: dry run by default, ``--yes`` writes, ``--json`` per entry."""
+    import json
+
+    from torch_kevolve.cli import main as cli
+
+    cur = _shipped("embedding_bag")
+    store = KernelStore(tmp_path)
+    stale = replace(cur.candidate, source=cur.candidate.source + "\n# older\n")
+    assert store.put(Entry(cur.spec, stale, dict(cur.meta)))
+    assert cli(["cache", "refresh", "--dir", str(tmp_path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["key"], r["status"]) for r in rows] == [(cur.key, "stale")]
+    assert cli(["cache", "refresh", "--dir", str(tmp_path), "--family", "segment_reduce", "--yes"]) == 0
+    assert KernelStore(tmp_path).get(cur.spec).candidate.source == stale.source  # filtered out
+    assert cli(["cache", "refresh", "--dir", str(tmp_path), "--yes"]) == 0
+    assert "1 stale (rewritten)" in capsys.readouterr().out
+    assert KernelStore(tmp_path).get(cur.spec).candidate.source == cur.candidate.source
+
+
+def test_stale_user_kernel_served_with_one_warning(tmp_path, caplog):
+    """The graph pass still serves a verified user kernel from an older template source, and says once
+    that ``kevolve cache refresh`` updates it (counted as ``stale_source``); current ones say nothing."""
+    import logging
+
+    from torch_kevolve import stats
+    from torch_kevolve.config import Settings
+    from torch_kevolve.detect import Finding
+    from torch_kevolve.lowering.graph_pass import KevolvePass
+
+    cur = _shipped("embedding_bag")
+    other = _shipped("segment_reduce")
+    store = KernelStore(tmp_path, shipped=None)
+    stale = replace(cur.candidate, source=cur.candidate.source + "\n# older\n")
+    assert store.put(Entry(cur.spec, stale, dict(cur.meta)))
+    assert store.put(Entry(other.spec, other.candidate, dict(other.meta)))
+    p = KevolvePass(Settings.from_env({"mode": "cache"}), store)
+    stats.reset()
+    with caplog.at_level(logging.WARNING, logger="torch_kevolve"):
+        for spec in (cur.spec, cur.spec, other.spec):
+            f = Finding.__new__(Finding)
+            assert p._resolve(f, spec) is not None and f.decision == "stored kernel (user store)"
+    warned = [r for r in caplog.records if "kevolve cache refresh" in r.getMessage()]
+    assert len(warned) == 1 and cur.key in warned[0].getMessage()
+    assert stats.snapshot().get("stale_source") == 1

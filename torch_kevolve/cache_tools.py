@@ -1093,3 +1093,147 @@ __all__ = [
     "prune", "format_prune", "export_store", "import_tarball", "format_import", "diff_stores", "format_diff",
     "build_report", "write_report",
 ]
+
+
+# ------------------------------------------------------------------------------------------------
+# refresh: stored template kernels brought to the family's current template source
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RefreshResult:
+    """``status``: current | stale (dry run) | refreshed | unknown (no single current source) |
+    failed (``--retime``: the new source did not verify; the entry is left as it was)."""
+
+    key: str
+    template: str
+    status: str
+    detail: str = ""
+    timings: dict = field(default_factory=dict)
+
+
+def current_source(entry: Entry) -> str | None:
+    """The family's source today for the entry's template and config: the proposal with the entry's
+    exact config, else the template's only source, else (a template rendering several variants, and a
+    mutation that reached a config no proposal has) the variant clearly nearest the stored text. None
+    for an LLM-written kernel, an unknown family or template, or no clear match."""
+    import difflib
+
+    from .families import get_family
+
+    tmpl = entry.candidate.template
+    if not entry.candidate.origin.startswith("template") or not tmpl:
+        return None
+    try:
+        fam = get_family(entry.spec.family)
+        same = [c for c in fam.candidates(entry.spec) if c.template == tmpl]
+    except Exception as e:  # noqa: BLE001 - an entry this version cannot even propose for
+        log.debug("kevolve: no candidates for %s: %s", entry.key, e)
+        return None
+    exact = {c.source for c in same if c.config == entry.candidate.config}
+    sources = exact or {c.source for c in same}
+    if len(sources) <= 1:
+        return sources.pop() if sources else None
+    ranked = sorted(((difflib.SequenceMatcher(None, entry.candidate.source, s, autojunk=False).ratio(), s)
+                     for s in sources), reverse=True)
+    (best, src), (second, _) = ranked[0], ranked[1]
+    return src if best > 0.9 and best - second > 0.02 else None
+
+
+def retime_sources(entry: Entry, src: str) -> dict:
+    """On this machine, with the search's Evaluator in this process: old source, new source, and the new
+    source with Triton's device asserts off (what they cost): ``{name}_ok`` and ``{name}_ms``."""
+    from dataclasses import replace
+
+    from . import kernels
+    from .families import get_family
+    from .search.evaluate import Evaluator
+
+    ev = Evaluator(get_family(entry.spec.family), entry.spec)
+    out: dict = {}
+    for name, cand, asserts in (("old", entry.candidate, True), ("new", replace(entry.candidate, source=src), True),
+                                ("new_no_asserts", replace(entry.candidate, source=src), False)):
+        saved = kernels.compile_options
+        if not asserts:
+            kernels.compile_options = lambda: {}  # launch() reads it per call
+        try:
+            r = ev.evaluate(cand)
+        finally:
+            kernels.compile_options = saved
+        out[f"{name}_ok"], out[f"{name}_ms"] = bool(r.ok), r.time_ms
+        if not r.ok:
+            out[f"{name}_why"] = r.diagnostics.summary()[:300]
+    return out
+
+
+def refresh_store(store: KernelStore, flt: Filter | None = None, write: bool = False, retime: bool = False,
+                  progress: bool | None = None) -> list[RefreshResult]:
+    """Entries of the user layer whose template source changed since they were searched (a fix, the
+    device asserts...) get the current source: same key and config, a new checksum, and
+    ``meta.source_refreshed`` with the old checksum. Without ``retime`` the timings stay the old
+    source's (the meta says so); with it (on the entries' device) an entry is rewritten only when the
+    new source verifies, with ``time_ms`` the new time and ``use`` false where that is slower than
+    its baseline. The shipped layer is never written (refresh the repo's ``kernel_cache/`` with
+    ``--dir kernel_cache``, where it is the store's own layer)."""
+    from dataclasses import replace
+
+    flt = flt or Filter()
+    if write:
+        writable(store, "refresh")
+    entries = sorted((e for e in store.entries(layer="user") if flt.matches(e)), key=lambda e: e.key)
+    results: list[RefreshResult] = []
+    with _progress(len(entries), "refresh", progress) as bar:
+        for e in entries:
+            bar.update(1)
+            src = current_source(e)
+            if src is None:
+                results.append(RefreshResult(e.key, e.candidate.template, "unknown",
+                                             "no single current source for its template (LLM-written, renamed...)"))
+                continue
+            if src == e.candidate.source:
+                results.append(RefreshResult(e.key, e.candidate.template, "current"))
+                continue
+            meta = dict(e.meta)
+            note: dict = {"from_checksum": e.checksum, "date": _now()}
+            res = RefreshResult(e.key, e.candidate.template, "refreshed" if write else "stale")
+            if retime:
+                t = retime_sources(e, src)
+                res.timings = t
+                if not t["new_ok"]:
+                    res.status, res.detail = "failed", t.get("new_why", "")
+                    results.append(res)
+                    continue
+                import torch
+
+                note.update(old_ms=t["old_ms"], new_ms=t["new_ms"], new_no_asserts_ms=t["new_no_asserts_ms"],
+                            device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+                meta["time_ms"] = t["new_ms"]
+                base = _num(meta.get("baseline_ms"))
+                if base:
+                    meta["speedup"] = base / t["new_ms"]
+                    meta["use"] = bool(meta.get("use", True)) and t["new_ms"] <= base
+            else:
+                note["timings"] = "measured with the previous source"
+            if write:
+                meta["source_refreshed"] = note
+                store.put(Entry(e.spec, replace(e.candidate, source=src), meta))
+            results.append(res)
+    return results
+
+
+def format_refresh(results: Sequence[RefreshResult], write: bool, write_flag: str = "--yes") -> str:
+    def ms(v: Any) -> str:
+        return "-" if v is None else f"{float(v):.4f}"
+
+    lines = []
+    for r in results:
+        if r.status == "current":
+            continue
+        t = r.timings
+        extra = (f"  old {ms(t.get('old_ms'))} ms, new {ms(t.get('new_ms'))} ms, new without asserts "
+                 f"{ms(t.get('new_no_asserts_ms'))} ms" if t else "")
+        lines.append(f"{r.status:9s} {r.key} ({r.template}){extra}{'  ' + r.detail if r.detail else ''}")
+    c = Counter(r.status for r in results)
+    lines.append(f"{c['stale'] + c['refreshed']} stale ({'rewritten' if write else 'not written: ' + write_flag}), "
+                 f"{c['current']} current, {c['unknown']} unknown, {c['failed']} failed")
+    return "\n".join(lines)

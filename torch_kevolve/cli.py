@@ -96,6 +96,17 @@ def cmd_cache_verify(args: argparse.Namespace) -> int:
     return 1 if any(r.status in ("failed", "corrupt") for r in results) else 0
 
 
+def cmd_cache_refresh(args: argparse.Namespace) -> int:
+    from .cache_tools import format_refresh, refresh_store
+
+    results = refresh_store(_store(args), _filter(args), write=args.yes, retime=args.retime, progress=args.progress)
+    if args.json:
+        print(json.dumps([vars(r) for r in results], indent=1, default=str))
+    else:
+        print(format_refresh(results, args.yes))
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
 def cmd_cache_prune(args: argparse.Namespace) -> int:
     from .cache_tools import PruneCriteria, format_prune, prune
 
@@ -236,6 +247,17 @@ def _add_cache_parsers(sub: Any) -> None:
     ve.add_argument("--no-mark", action="store_true", help="report only; write nothing")
     ve.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     ve.add_argument("--json", action="store_true")
+    rf = parser("refresh", cmd_cache_refresh, "bring user-layer kernels searched from an older template source "
+                "to the current one (template fixes, device asserts): a dry run unless --yes (exit 1 if a "
+                "--retime verification failed)", filters=True)
+    rf.add_argument("--retime", action="store_true", help="verify and time old and new source on this machine's "
+                    "device first; rewrite only what verifies, with the new time")
+    rmode = rf.add_mutually_exclusive_group()
+    rmode.add_argument("--dry-run", dest="yes", action="store_false", help="list what is stale (the default)")
+    rmode.add_argument("--yes", dest="yes", action="store_true", help="rewrite the stale entries")
+    rf.set_defaults(yes=False)
+    rf.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    rf.add_argument("--json", action="store_true")
     pr = parser("prune", cmd_cache_prune, "remove user-layer entries matching ALL the criteria given "
                 "(a dry run unless --yes); the shipped layer is never touched")
     pr.add_argument("--older-than", type=float, default=None, metavar="DAYS")

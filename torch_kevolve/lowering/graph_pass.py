@@ -24,6 +24,24 @@ from ..store import Entry, KernelStore
 
 log = logging.getLogger("torch_kevolve")
 
+_source_checked: dict[str, bool] = {}  # entry checksum -> its source is the template's current one
+
+
+def _note_stale_source(entry: Entry) -> None:
+    """A user-store kernel searched from an older template source (before a template fix, or the device
+    asserts) is still served, since it was verified; say once that ``kevolve cache refresh`` updates it."""
+    if entry.layer != "user" or not entry.candidate.origin.startswith("template"):
+        return
+    if entry.checksum not in _source_checked:
+        from ..cache_tools import current_source
+
+        src = current_source(entry)
+        _source_checked[entry.checksum] = src is None or src == entry.candidate.source
+        if not _source_checked[entry.checksum]:
+            stats.bump("stale_source")
+            warn_once("kevolve: the stored kernel %s was searched from an older %r template source; "
+                      "`kevolve cache refresh --yes` brings it to the current one", entry.key, entry.candidate.template)
+
 #: findings of the most recent graphs this process compiled (``kevolve explain`` prints them)
 REPORTS: list[list[Finding]] = []
 
@@ -97,6 +115,7 @@ class KevolvePass(CustomGraphPass):
         if entry is not None:
             stats.bump("store_hits")
             f.decision = f"stored kernel ({entry.layer} store)"
+            _note_stale_source(entry)
             return entry
         stats.bump("store_misses")
         mode = self.settings.mode
