@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from torch_kevolve.cache_tools import current_source, format_refresh, refresh_store  # noqa: E402,F401
+from torch_kevolve.cache_tools import format_refresh, refresh_store  # noqa: E402
 from torch_kevolve.store import KernelStore  # noqa: E402
 
 

@@ -100,16 +100,15 @@ def relu_node() -> torch.fx.Node:
     return g.call_function(torch.ops.aten.relu.default, (g.placeholder("x"),))
 
 
-def fake_node(target: Any, x: torch.Tensor, args: tuple, out: torch.Tensor | tuple[torch.Tensor, ...],
-              device: str | None = None, kwargs: dict | None = None, dynamic: bool = False) -> torch.fx.Node:
-    """A call on a FakeTensor placeholder (optionally a fake CUDA tensor: no GPU needed); ``out`` a tuple
-    for an op with several outputs."""
+def fake_converter(device: str | None = None, dynamic: bool = False) -> Any:
+    """``fake(t, dyn=False)``: FakeTensors of one fake mode (with a shape env when ``dynamic``), on
+    ``device`` (a fake CUDA tensor needs no GPU) or symbolic in every dim (``dyn``)."""
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 
     fm = FakeTensorMode(shape_env=ShapeEnv()) if dynamic else FakeTensorMode()
 
-    def fake(t: torch.Tensor, dyn: bool = False):
+    def fake(t: torch.Tensor, dyn: bool = False) -> Any:
         if device is not None:
             return FakeTensor(fm, torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta"),
                               torch.device(device))
@@ -118,6 +117,14 @@ def fake_node(target: Any, x: torch.Tensor, args: tuple, out: torch.Tensor | tup
             return fm.from_tensor(t, symbolic_context=ctx)
         return fm.from_tensor(t)
 
+    return fake
+
+
+def fake_node(target: Any, x: torch.Tensor, args: tuple, out: torch.Tensor | tuple[torch.Tensor, ...],
+              device: str | None = None, kwargs: dict | None = None, dynamic: bool = False) -> torch.fx.Node:
+    """A call on a FakeTensor placeholder (optionally a fake CUDA tensor: no GPU needed); ``out`` a tuple
+    for an op with several outputs."""
+    fake = fake_converter(device, dynamic)
     g = torch.fx.Graph()
     ph = g.placeholder("x")
     ph.meta["val"] = fake(x, dynamic)

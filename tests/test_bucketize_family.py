@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from family_helpers import firsts, pick, run_sm90, with_cfg  # noqa: E402
+from family_helpers import fake_converter, firsts, pick, run_sm90, with_cfg  # noqa: E402
 
 from torch_kevolve import families as _families
 
@@ -454,21 +454,9 @@ def _graph_node(target, args: tuple, kwargs: dict | None = None, out: torch.Tens
                 dynamic: bool = False, device: str | None = None):
     """One call in an FX graph whose tensor args are FakeTensor placeholders (optionally symbolic, or
     on a device this machine lacks)."""
-    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
-    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
-
-    fm = FakeTensorMode(shape_env=ShapeEnv()) if dynamic else FakeTensorMode()
+    fake = fake_converter(device, dynamic)
     g = torch.fx.Graph()
     phs = []
-
-    def fake(t: torch.Tensor, dyn: bool) -> Any:
-        if device is not None:
-            return FakeTensor(fm, torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta"),
-                              torch.device(device))
-        if dyn:
-            ctx = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC] * t.dim(), constraint_sizes=[None] * t.dim())
-            return fm.from_tensor(t, symbolic_context=ctx)
-        return fm.from_tensor(t)
 
     def conv(v: Any) -> Any:
         if isinstance(v, torch.Tensor):

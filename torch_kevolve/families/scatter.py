@@ -263,8 +263,9 @@ def _scatter_tiles(
             if SEG_COMBINE and not RESET:  # run heads/ends inside this tile (neighbours wrapped alike)
                 p_ok = mm & (mi > 0)
                 q_ok = ((m + 1) < num_idx) & (mi < BLOCK_M - 1)
-                rp = _load_rows(idx_ptr + (m - 1) * stride_im, p_ok, num_rows, WRAP_NEG)
-                rq = _load_rows(idx_ptr + (m + 1) * stride_im, q_ok, num_rows, WRAP_NEG)
+                # the neighbours' indices: asserted where their own lane reads them
+                rp = _rows(tl.load(idx_ptr + (m - 1) * stride_im, mask=p_ok, other=0), num_rows, WRAP_NEG)
+                rq = _rows(tl.load(idx_ptr + (m + 1) * stride_im, mask=q_ok, other=0), num_rows, WRAP_NEG)
                 head_r = (~p_ok | (rp != r)).to(tl.int32)
                 end_r = ~q_ok | (rq != r)
         for d0 in range(d_lo, d_hi, BLOCK_D):
