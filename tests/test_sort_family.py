@@ -66,6 +66,8 @@ def cands(spec: OpSpec) -> dict[str, Candidate]:
     out = {"sort": Candidate(TEMPLATES["sort"][1], cfg, template="sort")}
     if spec.op not in (SORT, SORT_STABLE):
         out["radix"] = Candidate(TEMPLATES["radix"][1], cfg, template="radix")
+        early = tuple(sorted(dict(cfg, EARLY=True, RADIX_BITS=1).items()))
+        out["radix_early"] = Candidate(TEMPLATES["radix"][1], early, template="radix")
     return out
 
 
@@ -268,6 +270,41 @@ def test_edge_cases(name: str, dt: torch.dtype) -> None:
         check(cspec, inputs, f"{name}/{cname}")
 
 
+@pytest.mark.parametrize("name", ["topk", "topk_smallest", "topk_unsorted", "kthvalue", "median"])
+def test_radix_early_stop_mixed_rows(name: str) -> None:
+    """EARLY radix select with rows that stop early (distinct values) and rows that cannot (a tie
+    across the threshold, all equal, NaN) in one program (BLOCK_R=4, 6 rows: a partial program), and
+    every row stopping early (the path that skips the tie ranking)."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(6, 37, generator=g)
+    x[1] = 0.5  # all equal
+    x[2, :20] = 1.25  # a run of ties around every rank
+    x[4, 7] = NAN
+    spec = make_spec(name, x)
+    early = {"radix_early": with_cfg(cands(spec)["radix_early"], BLOCK_R=4)}
+    check(spec, [x], f"{name} mixed", templates=early)
+    distinct = torch.randperm(6 * 37, generator=g).reshape(6, 37).float() - 100.0
+    check(spec, [distinct], f"{name} distinct", templates=early)
+
+
+def test_timing_inputs_first_case() -> None:
+    """The search times on the family's timing inputs where it has them (sort: distinct values, verified
+    too), first in the Evaluator's cases; a family without them times on its first seed."""
+    from torch_kevolve.families import get_family
+    from torch_kevolve.search.evaluate import Evaluator
+
+    spec = make_spec("topk", torch.empty(8, 300))
+    ev = Evaluator(FAM, spec, "cpu", seeds=2, edge_cases=False, fresh_seeds=0)
+    names = [c[0] for c in ev.cases()]
+    assert names == ["timing", "seed17", "seed1017"]
+    t = ev.cases()[0][2][0]
+    assert t.shape == (8, 300) and len(t.unique()) > 2000  # no grid of ties
+    for dt in (I8, U8, BOOL, BF16):
+        inp = FAM.timing_inputs(make_spec("sort", torch.empty(3, 50, dtype=dt)), 0)[0]
+        assert inp.dtype == dt and inp.shape == (3, 50)
+    assert get_family("argreduce").timing_inputs(spec, 0) is None
+
+
 def test_default_candidates_pass_edge_cases() -> None:
     """The first proposals for CPU specs (what a search tries first) on every edge case."""
     for name in ("topk", "median"):
@@ -299,7 +336,11 @@ def test_candidates_and_plans() -> None:
         for c in cs:
             plan = FAM.call_plan(spec, c)
             mod = load_module(c.source)
-            assert [a for a, _ in plan.args] == list(getattr(mod, plan.kernel).arg_names)
+            names = list(getattr(mod, plan.kernel).arg_names)
+            early = [("EARLY", True)] if c.cfg.get("EARLY") else []  # a defaulted knob, passed only when on
+            assert plan.args[len(plan.args) - len(early):] == tuple(early)
+            assert [a for a, _ in plan.args] == names[:len(names) - 1 + len(early)] if c.template == "radix" \
+                else [a for a, _ in plan.args] == names
             a = dict(plan.args)
             assert a["x_ptr"] == In(0) and (a.get("ws_ptr") == Ws(0)) == (c.template == "radix")
             bound = [v for v in a.values() if isinstance(v, Out)]
@@ -309,6 +350,8 @@ def test_candidates_and_plans() -> None:
     c = cands(spec)
     with pytest.raises(ValueError, match="power of two"):
         FAM.call_plan(spec, with_cfg(c["sort"], BLOCK_R=3))
+    with pytest.raises(ValueError, match="RADIX_BITS=1"):
+        FAM.call_plan(spec, with_cfg(c["radix"], EARLY=True, RADIX_BITS=2))
     plan = FAM.call_plan(spec, c["radix"])
     assert (dict(plan.args)["BLOCK_N"], dict(plan.args)["BLOCK_K"]) == (16, 4)  # k=3 of 10
     assert plan.workspace[0].shape == (3 * 3,) and plan.workspace[0].dtype == "int64"

@@ -193,6 +193,12 @@ class OpFamily(ABC):
     def make_inputs(self, spec: OpSpec, seed: int) -> list[torch.Tensor | None]:
         """Random inputs for exactly this spec (device included)."""
 
+    def timing_inputs(self, spec: OpSpec, seed: int) -> list[torch.Tensor | None] | None:
+        """Inputs to time candidates (and the baseline) on, where :meth:`make_inputs` is shaped for
+        verification rather than speed (sort's are tie-heavy: a kernel whose work depends on the data
+        would be timed on its worst case). Verified like any case. None (default): the first seed's."""
+        return None
+
     @abstractmethod
     def edge_cases(self, spec: OpSpec) -> list[tuple[str, OpSpec, list[torch.Tensor | None]]]:
         """Small named cases with the spec's dtypes and constants: (name, spec for them, inputs)."""

@@ -40,7 +40,14 @@ Templates (canonical problem ``[O, L, I]`` like cumextrema: ``O * I`` lanes, eac
   block reduction over the row held in registers (no sort of the row). topk then keeps the ``k`` keys
   below the threshold (ties by index through a cumsum), compacts them to a workspace, and sorts only
   those ``k`` (``BLOCK_K``). For topk k=64 of 4096 this replaces a 4096-wide bitonic network with
-  16 counting steps and a 64-wide sort.
+  16 counting steps and a 64-wide sort. ``EARLY`` (1 bit per step): a data-dependent loop that stops a
+  row as soon as a probe has exactly ``rank + 1`` keys below it -- that set is topk's selection (no
+  tie ranking) and the rank-th key is its largest; ~20 of 32 steps on distinct data, all 32 (plus a
+  loop's overhead) when ties straddle the threshold.
+
+The search times candidates on :meth:`SortFamily.timing_inputs` (distinct values), not on the
+tie-heavy verification inputs: on a 16-value grid EARLY never stops and was timed 15% slower than the
+fixed loop; on distinct data it is 30% faster (H100, topk k=64 of 4096).
 * ``bitonic`` (topk only): ``tl.topk`` over the packed keys -- bitonic sorts of runs of ``BLOCK_K``,
   then log2(row / k) halvings that keep the better run of each pair; no workspace, no full-row sort.
 
@@ -205,8 +212,18 @@ def sel_sort(''' + _SIGNATURE + '''
 RADIX_SOURCE = _HEADER + _COMMON + '''
 
 @triton.jit
+def _tie_select(u, t, eq, m, n_keep):
+    \"\"\"topk's selection at the rank-th key t: every key below it, then equal keys by position.\"\"\"
+    lt = (u < t[:, None]) & m
+    n_lt = tl.sum(lt.to(tl.int32), axis=1)
+    eq_rank = tl.cumsum(eq.to(tl.int32), 1) - 1
+    return lt | (eq & (eq_rank < (n_keep - n_lt)[:, None]))
+
+
+@triton.jit
 def sel_radix(''' + _SIGNATURE + '''
     ws_ptr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, RADIX_BITS: tl.constexpr,
+    EARLY: tl.constexpr = False,
 ):
     \"\"\"BLOCK_R rows per program: the rank-p key by binary search over the 32 key bits (one count over
     the row in registers per bit); topk compacts the k winners to the workspace and sorts only those.\"\"\"
@@ -229,7 +246,26 @@ def sel_radix(''' + _SIGNATURE + '''
     # 1 bit: a plain count; 2 bits: three counts packed into one int64 sum; more: a [R, N, digits] count.
     t = tl.zeros([BLOCK_R], tl.uint32)
     digit = tl.arange(0, 1 << RADIX_BITS).to(tl.uint32)
-    for step in range(32 // RADIX_BITS):
+    # EARLY (1 bit per step): stop a row once a probe t' has exactly rank + 1 keys below it -- then
+    # {u < t'} is the selection itself (topk) and the rank-th key is its largest: on untied data after
+    # about 32 - log2(gap at the threshold) steps instead of 32; a tie across the threshold runs all 32.
+    thr = tl.zeros([BLOCK_R], tl.uint32)
+    done = pm == 0
+    n_steps = 32 // RADIX_BITS
+    if EARLY:
+        going = tl.sum(pm.to(tl.int32), axis=0) > 0
+        step = tl.full([], 0, tl.int32)
+        while going:
+            cand1 = t + (tl.full([BLOCK_R], 1, tl.uint32) << (31 - step).to(tl.uint32))
+            cnt1 = tl.sum(((u < cand1[:, None]) & m).to(tl.int32), axis=1)
+            hit = (cnt1 == rank + 1) & (done == 0)
+            thr = tl.where(hit, cand1, thr)
+            done = done | hit
+            t = tl.where(cnt1 <= rank, cand1, t)
+            step += 1
+            going = (step < 32) & (tl.sum((done == 0).to(tl.int32), axis=0) > 0)
+        n_steps = 0
+    for step in range(n_steps):
         shift = tl.zeros([1], tl.uint32) + (32 - (step + 1) * RADIX_BITS)
         if RADIX_BITS == 1:  # digit 0 always fits: one count, 2-D
             cand1 = t + (1 << shift)
@@ -250,12 +286,18 @@ def sel_radix(''' + _SIGNATURE + '''
             cnt = tl.sum(below.to(tl.int32), axis=1)
             best = tl.max(tl.where(cnt <= rank[:, None], digit[None, :], 0), axis=1)
             t = t + (best << shift)
+    under = (u < thr[:, None]) & m
+    if EARLY:  # rows stopped early: the rank-th key is the largest below their probe
+        t = tl.where(done & pm, tl.max(tl.where(under, u, 0), axis=1), t)
     eq = (u == t[:, None]) & m
     if MODE == 0:
-        lt = (u < t[:, None]) & m
-        n_lt = tl.sum(lt.to(tl.int32), axis=1)
-        eq_rank = tl.cumsum(eq.to(tl.int32), 1) - 1
-        sel = lt | (eq & (eq_rank < (n_keep - n_lt)[:, None]))
+        if EARLY:
+            if tl.sum((done == 0).to(tl.int32), axis=0) == 0:
+                sel = under  # every row stopped early: exactly n_keep keys below each probe
+            else:
+                sel = _tie_select(u, t, eq, m, n_keep)
+        else:
+            sel = _tie_select(u, t, eq, m, n_keep)
         slot = tl.cumsum(sel.to(tl.int32), 1) - 1
         packed = (s.to(tl.int64) << 32) | l.to(tl.int64)[None, :]
         tl.store(ws_ptr + p[:, None] * n_keep + slot.to(tl.int64), packed, mask=sel & m)
@@ -691,6 +733,22 @@ class SortFamily(OpFamily):
             v = torch.where(torch.rand(v.shape, generator=gen) < 0.02, torch.full_like(v, math.nan), v)
         return [_strided(x_sig, v, _device(spec))]
 
+    def timing_inputs(self, spec: OpSpec, seed: int) -> list[torch.Tensor | None]:
+        """Distinct-valued data (normal floats; ints over the dtype's range): radix select's early stop
+        and every sort's work depend on the values, and real scores are rarely on a 16-value grid."""
+        gen = torch.Generator().manual_seed(int(seed) + 7)
+        (x_sig,) = spec.args
+        assert x_sig is not None
+        dt, shape = x_sig.torch_dtype, tuple(x_sig.shape)
+        if dt == torch.bool:
+            v = torch.rand(shape, generator=gen) < 0.5
+        elif dt.is_floating_point:
+            v = torch.randn(shape, generator=gen).to(dt)
+        else:
+            info = torch.iinfo(dt)
+            v = torch.randint(max(info.min, -2**31), min(info.max, 2**31 - 1), shape, generator=gen).to(dt)
+        return [_strided(x_sig, v, _device(spec))]
+
     def _case(self, spec: OpSpec, name: str, x: torch.Tensor, dim: int | None,
               k: int | None = None) -> tuple[str, OpSpec, list[torch.Tensor | None]] | None:
         (x_sig,) = spec.args
@@ -802,17 +860,20 @@ class SortFamily(OpFamily):
         def sort(br: int, nw: int | None = None) -> None:
             out.append(("sort", dict(BLOCK_R=br, num_warps=nw or warps(br * npow), num_stages=1)))
 
-        def radix(br: int, nw: int | None = None, rb: int = 1) -> None:
+        def radix(br: int, nw: int | None = None, rb: int = 1, early: bool = False) -> None:
             wide = 1 << rb if rb > 2 else 1  # RADIX_BITS > 2 counts on a [rows, row, digits] tensor
             half = 2 if gpu and npow <= 4096 else 1  # fewer warps than a sort: rows up to 4096
             if 1 <= br <= _next_pow2(lanes) and br * npow * wide <= (32768 if gpu else 8192):
-                out.append(("radix", dict(BLOCK_R=br, RADIX_BITS=rb, num_stages=1,
-                                          num_warps=nw or max(1, warps(br * npow) // half))))
+                cfg = dict(BLOCK_R=br, RADIX_BITS=rb, num_stages=1, num_warps=nw or max(1, warps(br * npow) // half))
+                out.append(("radix", dict(cfg, EARLY=True) if early else cfg))
 
         is_sort = _mode_of(spec.op) == "sort"
         br0 = br_for(npow)
         if not is_sort and (mode != _STORE_FIRST or k * 4 <= n):
             radix(br0, rb=2)  # 16 counting steps, three counts per step packed in one reduction
+            # 1 bit per step, stopping once a probe has exactly rank + 1 keys below it (~32 - log2(gap))
+            for br, nw in ((1, None), (br0, None), (2, 2), (1, 4)):
+                radix(br, nw, 1, early=True)
         sort(br0)
         for br in (br0 * 2, br0 // 2, 1):
             if 1 <= br <= _next_pow2(lanes):
@@ -874,6 +935,10 @@ class SortFamily(OpFamily):
             if rb not in (1, 2, 4, 8):
                 raise ValueError(f"RADIX_BITS={rb} does not divide 32 into powers of two")
             args += [("ws_ptr", Ws(0)), ("BLOCK_R", br), ("BLOCK_N", bn), ("BLOCK_K", bk), ("RADIX_BITS", rb)]
+            if cfg.get("EARLY"):  # passed only when on: sources stored before the knob still launch
+                if rb != 1:
+                    raise ValueError("EARLY stops a 1-bit radix search only (RADIX_BITS=1)")
+                args.append(("EARLY", True))
         main = TEMPLATES[template][0]
         return CallPlan(kernel=main, grid=grid, args=tuple(args), outputs=outputs,
                         num_warps=int(cfg.get("num_warps", 4)), num_stages=int(cfg.get("num_stages", 1)),

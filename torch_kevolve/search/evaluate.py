@@ -203,6 +203,9 @@ class Evaluator:
     def cases(self) -> list[tuple[str, OpSpec, list]]:
         if self._cases is None:
             cases = [(f"seed{s}", self.spec, self.family.make_inputs(self.spec, s)) for s in self.seeds]
+            timing = self.family.timing_inputs(self.spec, self.seeds[0]) if self.seeds else None
+            if timing is not None:  # first: candidates and the baseline are timed on the first case
+                cases.insert(0, ("timing", self.spec, timing))
             if self._want_edges:
                 cases += [(f"edge:{n}", sp, inp) for n, sp, inp in self.family.edge_cases(self.spec)]
             if self.spec.dynamic:  # a bucket: the kernel must hold at both ends of its ranges too
