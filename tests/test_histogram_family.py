@@ -54,6 +54,12 @@ def small_cands(spec: OpSpec) -> dict[str, Candidate]:
     small = {"private": dict(BLOCK=64, PROGRAMS=3), "atomic": dict(BLOCK=128),
              "twopass": dict(BLOCK=64, PROGRAMS=3, RB=8, PCHUNK=2)}
     out = {t: with_cfg(c, **small[t]) for t, c in cands.items()}
+    # twopass by register histograms where they fit (as private), and by atomics into its own partials
+    out["twopass-global"] = with_cfg(out["twopass"], GLOBAL=True, ONEHOT=False)
+    if "private" in out:
+        out["twopass"] = with_cfg(out["twopass"], GLOBAL=False)
+    else:
+        del out["twopass"]
     weighted = spec.op == BINCOUNT and spec.args[1] is not None
     if not weighted and FAM.nbins(spec) <= 64:  # counts by one-hot sums instead of tl.histogram
         out["private-onehot"] = with_cfg(out["private"], ONEHOT=True)

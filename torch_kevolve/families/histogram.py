@@ -32,7 +32,8 @@ Templates (every plan's steps handle the empty input; output zero-filled unless 
   (``tl.histogram``; weighted, or ``ONEHOT`` counts for <= 64 bins: ``[BLOCK, NB]`` one-hot masked
   sums), then one atomic add per non-empty bin.
 * ``atomic``: one global atomic per element: any number of bins.
-* ``twopass``: programs write private histograms to a ``[PROGRAMS, NB]`` workspace (no atomics), a
+* ``twopass``: programs write private histograms to a ``[PROGRAMS, NB]`` workspace (no atomics; or,
+  ``GLOBAL``, one relaxed atomic per element into their own zero-filled row of it, any bins), a
   second kernel sums them per bin into the output (deterministic; output not pre-filled).
 
 A data-range histc (``min == max``) adds a ``hist_minmax`` pre-step: ``R_PROGRAMS`` partial
@@ -121,7 +122,7 @@ def _bins(x_ptr, w_ptr, offs, m, lo, hi, nbins, wrap_a, wrap_b,
         b = tl.where(valid, b, 0)
     else:
         v = x.to(tl.int64)
-        if WRAP == 1:
+        if WRAP == 1:  # wrap_a is a constexpr: a remainder by a constant (multiply-high, no 64-bit division)
             v = v % wrap_a
             v = tl.where(v < 0, v + wrap_a, v)
         elif WRAP == 2:
@@ -187,7 +188,7 @@ def hist_minmax(x_ptr, range_ptr, n, n_parts, KIND: tl.constexpr, BLOCK: tl.cons
 
 _SIGNATURE = '''
     x_ptr, w_ptr, out_ptr, range_ptr,
-    n, nbins, wrap_a, wrap_b, lo_bits, hi_bits, n_parts,
+    n, nbins, wrap_a: tl.constexpr, wrap_b, lo_bits, hi_bits, n_parts,
     OP: tl.constexpr, KIND: tl.constexpr, WRAP: tl.constexpr, WEIGHTED: tl.constexpr, ACC: tl.constexpr,
     DATA_RANGE: tl.constexpr, RPB: tl.constexpr,'''
 
@@ -225,14 +226,23 @@ TWOPASS_SOURCE = _HEADER + _COMMON + '''
 
 @triton.jit
 def hist_partial(''' + _SIGNATURE + '''
-    part_ptr, BLOCK: tl.constexpr, NB: tl.constexpr, ONEHOT: tl.constexpr,
+    part_ptr, BLOCK: tl.constexpr, NB: tl.constexpr, ONEHOT: tl.constexpr, GLOBAL: tl.constexpr = False,
 ):
-    \"\"\"Pass 1: program p's private histogram -> part[p, :NB] (every bin written, no atomics).\"\"\"
+    \"\"\"Pass 1: program p's private histogram -> part[p, :NB] (every bin written, no atomics); GLOBAL:
+    one atomic per element into part[p, :] itself (zero-filled, L2-resident, its own program's only: no
+    contention), no register histogram (tl.histogram's per-element cost grows with the bins).\"\"\"
     pid = tl.program_id(0).to(tl.int64)
     lo, hi = _range(range_ptr, n_parts, lo_bits, hi_bits, KIND, DATA_RANGE, RPB)
-    acc = _private(x_ptr, w_ptr, n, nbins, wrap_a, wrap_b, lo, hi, pid * BLOCK, tl.num_programs(0) * BLOCK,
-                   OP, KIND, WRAP, WEIGHTED, ACC, BLOCK, NB, ONEHOT)
-    tl.store(part_ptr + pid * NB + tl.arange(0, NB), acc)
+    if GLOBAL:
+        for s in range(pid * BLOCK, n, tl.num_programs(0) * BLOCK):
+            offs = s + tl.arange(0, BLOCK).to(tl.int64)
+            b, valid, w = _bins(x_ptr, w_ptr, offs, offs < n, lo, hi, nbins, wrap_a, wrap_b, OP, KIND, WRAP,
+                                WEIGHTED, ACC)
+            tl.atomic_add(part_ptr + pid * NB + b, w.to(part_ptr.dtype.element_ty), mask=valid, sem="relaxed")
+    else:
+        acc = _private(x_ptr, w_ptr, n, nbins, wrap_a, wrap_b, lo, hi, pid * BLOCK, tl.num_programs(0) * BLOCK,
+                       OP, KIND, WRAP, WEIGHTED, ACC, BLOCK, NB, ONEHOT)
+        tl.store(part_ptr + pid * NB + tl.arange(0, NB), acc)
 
 
 @triton.jit
@@ -708,10 +718,12 @@ class HistogramFamily(OpFamily):
             if fits(block, onehot):
                 out.append(("private", dict(BLOCK=block, PROGRAMS=progs, ONEHOT=onehot, num_warps=nw, num_stages=1)))
 
-        def twopass(block: int, progs: int, rb: int, pchunk: int, nw: int = 4, onehot: bool = False) -> None:
-            if fits(block, onehot) and progs * nb <= 2**24:
-                out.append(("twopass", dict(BLOCK=block, PROGRAMS=progs, RB=min(rb, nb), PCHUNK=pchunk, ONEHOT=onehot,
-                                            num_warps=nw, num_stages=1)))
+        def twopass(block: int, progs: int, rb: int, pchunk: int, nw: int = 4, onehot: bool = False,
+                    glob: bool = False) -> None:
+            if (glob or fits(block, onehot)) and progs * nb <= 2**24:
+                cfg = dict(BLOCK=block, PROGRAMS=progs, RB=min(rb, nb), PCHUNK=pchunk, ONEHOT=onehot,
+                           num_warps=nw, num_stages=1)
+                out.append(("twopass", dict(cfg, GLOBAL=True) if glob else cfg))
 
         def atomic(block: int, nw: int = 4) -> None:
             out.append(("atomic", dict(BLOCK=block, num_warps=nw, num_stages=1)))
@@ -739,6 +751,9 @@ class HistogramFamily(OpFamily):
                         private(oh, progs, 4, onehot=True)
                         private(max(16, oh // 2), progs, 4, onehot=True)
             tb = oh if weighted else 4096
+            # per-program partials by atomics (no tl.histogram: ~11 instructions per element at 1024 bins)
+            for blk, progs, nw in ((1024, 2 * sms, 4), (2048, 4 * sms, 8), (1024, 8 * sms, 4)):
+                twopass(blk, progs, 256, 32, nw, glob=True)
             twopass(tb, 2 * sms, 256, 32, 8)
             twopass(tb if weighted else 2048, 4 * sms, 128, 32, 4)
             twopass(tb, sms, 256, 64, 8)
@@ -750,6 +765,7 @@ class HistogramFamily(OpFamily):
             private(min(blk, oh) if weighted else blk, progs)
             atomic(blk)
             twopass(min(blk, oh) if weighted else blk, progs, 256, 4)
+            twopass(blk, progs, 256, 4, glob=True)
             private(max(16, (min(blk, oh) if weighted else blk) // 4), 0)
             if not weighted and nb <= 64:
                 private(min(blk, oh), progs, onehot=True)
@@ -767,7 +783,10 @@ class HistogramFamily(OpFamily):
         nw, ns = int(cfg.get("num_warps", 4)), int(cfg.get("num_stages", 1))
         block = int(cfg["BLOCK"])
         onehot = bool(cfg.get("ONEHOT", False))
-        if template != "atomic":
+        glob = template == "twopass" and bool(cfg.get("GLOBAL", False))
+        if glob and onehot:
+            raise ValueError("GLOBAL partials take one atomic per element: no one-hot tile")
+        if template != "atomic" and not glob:
             if nb > (_MAX_PRIVATE_BINS_W if weighted or onehot else _MAX_PRIVATE_BINS):
                 raise ValueError(f"{nbins} bins do not fit a private histogram")
             if (weighted or onehot) and block * nb > _ONE_HOT:
@@ -809,9 +828,10 @@ class HistogramFamily(OpFamily):
         else:
             ws_k = len(workspace)
             part_dt = acc_name if weighted else "int32"
-            workspace.append(OutBuf((progs * nb,), part_dt))
+            workspace.append(OutBuf((progs * nb,), part_dt, fill=0 if glob else None))
             pre.append(Step("hist_partial", (progs,), tuple(common + [("part_ptr", Ws(ws_k)), ("BLOCK", block),
-                                                                      ("NB", nb), ("ONEHOT", onehot)]), nw, ns))
+                                                                      ("NB", nb), ("ONEHOT", onehot)]
+                                                            + ([("GLOBAL", True)] if glob else [])), nw, ns))
             rb = min(int(cfg["RB"]), nb)
             main = Step("hist_reduce", (_cdiv(nbins, rb),), (
                 ("part_ptr", Ws(ws_k)), ("out_ptr", Out(0)), ("nbins", nbins), ("n_progs", progs),
