@@ -286,6 +286,37 @@ def do_bench(fn) -> float:
     return float(db(fn, warmup=25, rep=100, return_mode="median"))
 
 
+def wall_us_per_call(fn, calls: int = 500, warm: int = 20) -> float:
+    """Wall time per call over ``calls`` back-to-back calls, one sync at the end: the pace of the host
+    or of the GPU, whichever is slower (do_bench hides neither when the host is the slower)."""
+    import time
+
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / calls * 1e6
+
+
+def kernel_times(fn, calls: int = 5) -> list[tuple[str, float]]:
+    """(kernel name, mean CUDA µs per call) of ``fn``, from the torch profiler."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    rows = []
+    for ev in prof.key_averages():
+        us = getattr(ev, "device_time_total", None)
+        if us is None:
+            us = ev.cuda_time_total
+        if us > 0:
+            rows.append((ev.key, us / calls))
+    return sorted(rows, key=lambda r: -r[1])
+
+
 def close(a: Any, b: Any, norm_tol: float | None = None) -> bool:
     if isinstance(a, (tuple, list)):
         return len(a) == len(b) and all(close(x, y, norm_tol) for x, y in zip(a, b))

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -29,8 +28,7 @@ def main() -> int:
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     import torch_kevolve  # noqa: F401  (registers the backend)
-    from scripts.bench import CASES, do_bench
-    from scripts.profile_candidates import kernel_times
+    from scripts.bench import CASES, do_bench, kernel_times, wall_us_per_call
 
     static = os.environ.get("TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS", "0")
     rows = []
@@ -43,14 +41,7 @@ def main() -> int:
             c(*args)
             torch.cuda.synchronize()
             ms = do_bench(lambda: c(*args))
-            for _ in range(20):
-                c(*args)
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(a.calls):
-                c(*args)
-            torch.cuda.synchronize()
-            wall_us = (time.perf_counter() - t0) / a.calls * 1e6
+            wall_us = wall_us_per_call(lambda: c(*args), a.calls)
             kern = kernel_times(lambda: c(*args))
             gpu_us = sum(us for _, us in kern)
             row = {"case": name, "variant": label, "static_user_launch": static, "do_bench_ms": ms,

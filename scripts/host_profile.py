@@ -14,7 +14,6 @@ import cProfile
 import io
 import pstats
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,20 +29,13 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=30)
     a = ap.parse_args()
     import torch_kevolve  # noqa: F401  (registers the backend)
-    from scripts.bench import CASES
+    from scripts.bench import CASES, wall_us_per_call
 
     case = next(c for c in CASES if c.name == a.case)
     fn, args, _ = case.build("cuda")
     kw = {"backend": "kevolve", "options": {"mode": "cache"}} if a.backend == "kevolve" else {}
     c = torch.compile(fn, **kw)
-    for _ in range(30):
-        c(*args)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(a.calls):
-        c(*args)
-    torch.cuda.synchronize()
-    print(f"{a.case} {a.backend}: {(time.perf_counter() - t0) / a.calls * 1e6:.1f} us/call wall (no profiler)")
+    print(f"{a.case} {a.backend}: {wall_us_per_call(lambda: c(*args), a.calls, warm=30):.1f} us/call wall (no profiler)")
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(a.calls):

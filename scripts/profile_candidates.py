@@ -19,8 +19,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-
 
 def _value(text: str) -> object:
     low = text.lower()
@@ -30,22 +28,6 @@ def _value(text: str) -> object:
         return int(text)
     except ValueError:
         return text
-
-
-def kernel_times(fn, calls: int = 5) -> list[tuple[str, float]]:
-    """(kernel name, mean CUDA µs per call) of ``fn``, from the torch profiler."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-    rows = []
-    for ev in prof.key_averages():
-        us = getattr(ev, "device_time_total", None)
-        if us is None:
-            us = ev.cuda_time_total
-        if us > 0:
-            rows.append((ev.key, us / calls))
-    return sorted(rows, key=lambda r: -r[1])
 
 
 def main() -> int:
@@ -58,7 +40,7 @@ def main() -> int:
     a = ap.parse_args()
     os.environ.setdefault("KEVOLVE_CACHE_DIR", tempfile.mkdtemp(prefix="kevolve-prof-"))
     import torch_kevolve  # noqa: F401  (registers the backend)
-    from scripts.bench import CASES, do_bench
+    from scripts.bench import CASES, do_bench, kernel_times
     from torch_kevolve.explain import explain
     from torch_kevolve.families import get_family
     from torch_kevolve.kernels import launch, load_module
