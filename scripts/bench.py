@@ -327,7 +327,7 @@ def close(a: Any, b: Any, norm_tol: float | None = None) -> bool:
     return bool(torch.allclose(a.float(), b.float(), rtol=tol, atol=tol))
 
 
-def run_case(case: Case, dev: str, bw: float) -> dict:
+def run_case(case: Case, dev: str, bw: float, cudagraphs: bool = False) -> dict:
     from torch_kevolve import stats
     from torch_kevolve.lowering import REPORTS
 
@@ -339,8 +339,14 @@ def run_case(case: Case, dev: str, bw: float) -> dict:
     row["eager_ms"] = do_bench(lambda: fn(*args))
     variants = [("inductor", dict()), ("max_autotune", dict(mode="max-autotune-no-cudagraphs")),
                 ("kevolve", dict(backend="kevolve"))]
+    if cudagraphs:  # the same graphs replayed from CUDA graphs: the GPU's pace, without the host's
+        variants += [("inductor_cg", dict(mode="reduce-overhead")), ("kevolve_cg", dict(backend="kevolve", mode="reduce-overhead"))]
     for name, kw in variants:
         try:
+            if name.endswith("_cg"):  # static inputs: replays read them in place (else every call copies them in)
+                for t in args:
+                    if isinstance(t, torch.Tensor):
+                        torch._dynamo.mark_static_address(t)
             torch._dynamo.reset()
             REPORTS.clear()
             stats.reset()
@@ -357,11 +363,13 @@ def run_case(case: Case, dev: str, bw: float) -> dict:
         except Exception as e:  # noqa: BLE001
             row[f"{name}_error"] = f"{type(e).__name__}: {str(e)[:300]}"
             traceback.print_exc()
-    for k in ("eager", "inductor", "max_autotune", "kevolve"):
+    for k in ("eager", "inductor", "max_autotune", "kevolve", "inductor_cg", "kevolve_cg"):
         if f"{k}_ms" in row:
             row[f"{k}_pct_floor"] = 100 * row["floor_ms"] / row[f"{k}_ms"]
     if "kevolve_ms" in row and "inductor_ms" in row:
         row["kevolve_vs_inductor"] = row["inductor_ms"] / row["kevolve_ms"]
+    if "kevolve_cg_ms" in row and "inductor_cg_ms" in row:
+        row["kevolve_cg_vs_inductor_cg"] = row["inductor_cg_ms"] / row["kevolve_cg_ms"]
     if case.flops:
         from torch_kevolve.hardware import ceiling
 
@@ -403,6 +411,8 @@ def main() -> int:
     ap.add_argument("--cases", default="")
     ap.add_argument("--store", default="")
     ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--cudagraphs", action="store_true",
+                    help="also Inductor and kevolve under mode='reduce-overhead' (CUDA graphs): GPU time without host overhead")
     args = ap.parse_args()
     out = Path(os.environ.get("OUT", "out"))
     out.mkdir(parents=True, exist_ok=True)
@@ -426,7 +436,7 @@ def main() -> int:
         if wanted and case.name not in wanted:
             continue
         t0 = time.time()
-        row = run_case(case, dev, bw)
+        row = run_case(case, dev, bw, args.cudagraphs)
         print(json.dumps({k: v for k, v in row.items() if k != "kevolve_decisions"}, default=str), f"({time.time() - t0:.0f}s)", flush=True)
         rows.append(row)
         # after every case: a run cut short by a time limit still leaves its rows behind
@@ -437,6 +447,12 @@ def main() -> int:
         f = lambda k: f"{r[k]:7.3f}" if isinstance(r.get(k), float) else f"{'-':>7s}"  # noqa: E731
         print(f"{r['op']:32s} {f('floor_ms')} {f('eager_ms')} {f('inductor_ms')} {f('max_autotune_ms')} {f('kevolve_ms')} "
               f"{r.get('kevolve_pct_floor', 0):6.1f}% {r.get('kevolve_vs_inductor', 0):6.2f}x {r.get('kevolve_ok')}")
+    if args.cudagraphs:
+        print(f"\nCUDA graphs (mode='reduce-overhead')\n{'op':32s} {'floor':>7s} {'induct':>7s} {'kevolve':>7s} {'%floor':>7s} {'vs ind':>7s} ok")
+        for r in rows:
+            f = lambda k: f"{r[k]:7.3f}" if isinstance(r.get(k), float) else f"{'-':>7s}"  # noqa: E731
+            print(f"{r['op']:32s} {f('floor_ms')} {f('inductor_cg_ms')} {f('kevolve_cg_ms')} "
+                  f"{r.get('kevolve_cg_pct_floor', 0):6.1f}% {r.get('kevolve_cg_vs_inductor_cg', 0):6.2f}x {r.get('kevolve_cg_ok')}")
     with tarfile.open(out / "kernel_cache.tar", "w") as tf:
         if (store / "v1").exists():
             tf.add(store / "v1", arcname="v1")
