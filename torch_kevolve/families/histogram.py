@@ -34,7 +34,8 @@ Templates (every plan's steps handle the empty input; output zero-filled unless 
 * ``atomic``: one global atomic per element: any number of bins.
 * ``twopass``: programs write private histograms to a ``[PROGRAMS, NB]`` workspace (no atomics; or,
   ``GLOBAL``, one relaxed atomic per element into their own zero-filled row of it, any bins), a
-  second kernel sums them per bin into the output (deterministic; output not pre-filled).
+  second kernel sums them per bin into the output (output not pre-filled; deterministic, except
+  GLOBAL's float weights, whose atomic order varies).
 
 A data-range histc (``min == max``) adds a ``hist_minmax`` pre-step: ``R_PROGRAMS`` partial
 (min, max) pairs into a workspace, reduced by every program of the main kernel.
