@@ -44,15 +44,15 @@ Templates (canonical problem ``[O, L, I]`` like cumextrema: ``O * I`` lanes, eac
   row as soon as a probe has exactly ``rank + 1`` keys below it -- that set is topk's selection (no
   tie ranking) and the rank-th key is its largest; ~20 of 32 steps on distinct data, all 32 (plus a
   loop's overhead) when ties straddle the threshold.
-
-The search times candidates on :meth:`SortFamily.timing_inputs` (distinct values), not on the
-tie-heavy verification inputs: on a 16-value grid EARLY never stops and was timed 15% slower than the
-fixed loop; on distinct data it is 30% faster (H100, topk k=64 of 4096).
 * ``bitonic`` (topk only): ``tl.topk`` over the packed keys -- bitonic sorts of runs of ``BLOCK_K``,
   then log2(row / k) halvings that keep the better run of each pair; no workspace, no full-row sort.
 
 Block sizes follow the spec (``BLOCK_N`` = the padded row, ``BLOCK_K`` = padded k), so one config serves
 every edge case; the search varies rows per program, warps and radix width.
+
+The search times candidates on :meth:`SortFamily.timing_inputs` (distinct values), not on the
+tie-heavy verification inputs: on a 16-value grid EARLY never stops and was timed 15% slower than the
+fixed loop; on distinct data it is 30% faster (H100, topk k=64 of 4096).
 
 Rows longer than ``MAX_ROW`` (16384) are not served (no multi-block template yet).
 """
