@@ -1,5 +1,8 @@
 """The long-tail suite on the GPU: eager, Inductor, Inductor max-autotune (no CUDA graphs), kevolve,
-against the memory floor, with correctness — one run, one table, a plot, JSON.
+against the memory floor, with correctness — one run, one table, a plot, JSON. Each row also times a
+plain copy of the floor's bytes the same way (``copy%``: the share of the floor a copy reaches at
+that size, flush included), and Inductor, kevolve and the copy once more after a read-only L2 flush
+(``*_clean``): do_bench's zero_() flush leaves L2 dirty and the timed call pays its write-back.
 
     PYTHONPATH=. python3 scripts/bench.py [--cases a,b] [--store DIR] [--fresh]
 
@@ -286,6 +289,41 @@ def do_bench(fn) -> float:
     return float(db(fn, warmup=25, rep=100, return_mode="median"))
 
 
+_FLUSH_BUF: list = []
+
+
+def timed_after(fn, flush, reps: int = 100, warm: int = 10) -> float:
+    """Median ms of ``fn`` over ``reps`` calls with ``flush`` (or nothing) run before each, outside the
+    CUDA events that time the call."""
+    import statistics
+
+    for _ in range(warm):
+        fn()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for i in range(reps):
+        if flush is not None:
+            flush()
+        starts[i].record()
+        fn()
+        ends[i].record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
+
+
+def read_flush() -> None:
+    """Evicts L2 by reading 256 MB (a sum), leaving it clean: do_bench's zero_() leaves it full of dirty
+    lines whose write-back the next call pays (5-6 us on H100: scripts/flush_effect.py)."""
+    if not _FLUSH_BUF:
+        _FLUSH_BUF.append(torch.empty(256 << 20, dtype=torch.uint8, device="cuda"))
+    _FLUSH_BUF[0].sum(dtype=torch.int32)
+
+
+def do_bench_clean(fn) -> float:
+    """Like do_bench (median ms, cold L2) but after a read flush: the call's own traffic only."""
+    return timed_after(fn, read_flush)
+
+
 def wall_us_per_call(fn, calls: int = 500, warm: int = 20) -> float:
     """Wall time per call over ``calls`` back-to-back calls, one sync at the end: the pace of the host
     or of the GPU, whichever is slower (do_bench hides neither when the host is the slower)."""
@@ -337,6 +375,13 @@ def run_case(case: Case, dev: str, bw: float, cudagraphs: bool = False) -> dict:
     if case.ref is not None:
         row["eager_ok"] = close(fn(*args), ref, case.norm_tol)
     row["eager_ms"] = do_bench(lambda: fn(*args))
+    # the same bytes moved by a plain copy (half read, half written), timed the same way: what the flush
+    # before every do_bench call costs at this size (scripts/flush_effect.py), the reach of any kernel
+    src = torch.empty(nbytes // 2, dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(src)
+    row["copy_ms"] = do_bench(lambda: dst.copy_(src))
+    row["copy_clean_ms"] = do_bench_clean(lambda: dst.copy_(src))
+    del src, dst
     variants = [("inductor", dict()), ("max_autotune", dict(mode="max-autotune-no-cudagraphs")),
                 ("kevolve", dict(backend="kevolve"))]
     if cudagraphs:  # the same graphs replayed from CUDA graphs: the GPU's pace, without the host's
@@ -357,17 +402,22 @@ def run_case(case: Case, dev: str, bw: float, cudagraphs: bool = False) -> dict:
             row[f"{name}_compile_s"] = time.time() - t0
             row[f"{name}_ok"] = close(out, ref, case.norm_tol)
             row[f"{name}_ms"] = do_bench(lambda: c(*args))
+            if name in ("inductor", "kevolve"):
+                row[f"{name}_clean_ms"] = do_bench_clean(lambda: c(*args))
             if name == "kevolve":
                 row["kevolve_decisions"] = [f.decision for rep in REPORTS for f in rep]
                 row["kevolve_stats"] = stats.snapshot()
         except Exception as e:  # noqa: BLE001
             row[f"{name}_error"] = f"{type(e).__name__}: {str(e)[:300]}"
             traceback.print_exc()
-    for k in ("eager", "inductor", "max_autotune", "kevolve", "inductor_cg", "kevolve_cg"):
+    for k in ("copy", "eager", "inductor", "max_autotune", "kevolve", "inductor_cg", "kevolve_cg",
+              "copy_clean", "inductor_clean", "kevolve_clean"):
         if f"{k}_ms" in row:
             row[f"{k}_pct_floor"] = 100 * row["floor_ms"] / row[f"{k}_ms"]
     if "kevolve_ms" in row and "inductor_ms" in row:
         row["kevolve_vs_inductor"] = row["inductor_ms"] / row["kevolve_ms"]
+    if "kevolve_clean_ms" in row and "inductor_clean_ms" in row:
+        row["kevolve_clean_vs_inductor_clean"] = row["inductor_clean_ms"] / row["kevolve_clean_ms"]
     if "kevolve_cg_ms" in row and "inductor_cg_ms" in row:
         row["kevolve_cg_vs_inductor_cg"] = row["inductor_cg_ms"] / row["kevolve_cg_ms"]
     if case.flops:
@@ -442,11 +492,20 @@ def main() -> int:
         # after every case: a run cut short by a time limit still leaves its rows behind
         (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
     plot(rows, out / "bench.png")
-    print(f"\n{'op':32s} {'floor':>7s} {'eager':>7s} {'induct':>7s} {'max-at':>7s} {'kevolve':>7s} {'%floor':>7s} {'vs ind':>7s} ok")
+    print(f"\n{'op':32s} {'floor':>7s} {'eager':>7s} {'induct':>7s} {'max-at':>7s} {'kevolve':>7s} {'%floor':>7s} {'vs ind':>7s} "
+          f"{'copy%':>6s} ok")
     for r in rows:
         f = lambda k: f"{r[k]:7.3f}" if isinstance(r.get(k), float) else f"{'-':>7s}"  # noqa: E731
         print(f"{r['op']:32s} {f('floor_ms')} {f('eager_ms')} {f('inductor_ms')} {f('max_autotune_ms')} {f('kevolve_ms')} "
-              f"{r.get('kevolve_pct_floor', 0):6.1f}% {r.get('kevolve_vs_inductor', 0):6.2f}x {r.get('kevolve_ok')}")
+              f"{r.get('kevolve_pct_floor', 0):6.1f}% {r.get('kevolve_vs_inductor', 0):6.2f}x {r.get('copy_pct_floor', 0):5.1f}% "
+              f"{r.get('kevolve_ok')}")
+    print(f"\nAfter a read flush (L2 evicted and clean; scripts/flush_effect.py)\n{'op':32s} {'floor':>7s} {'copy':>7s} "
+          f"{'induct':>7s} {'kevolve':>7s} {'%floor':>7s} {'vs ind':>7s} {'copy%':>6s}")
+    for r in rows:
+        f = lambda k: f"{r[k]:7.3f}" if isinstance(r.get(k), float) else f"{'-':>7s}"  # noqa: E731
+        print(f"{r['op']:32s} {f('floor_ms')} {f('copy_clean_ms')} {f('inductor_clean_ms')} {f('kevolve_clean_ms')} "
+              f"{r.get('kevolve_clean_pct_floor', 0):6.1f}% {r.get('kevolve_clean_vs_inductor_clean', 0):6.2f}x "
+              f"{r.get('copy_clean_pct_floor', 0):5.1f}%")
     if args.cudagraphs:
         print(f"\nCUDA graphs (mode='reduce-overhead')\n{'op':32s} {'floor':>7s} {'induct':>7s} {'kevolve':>7s} {'%floor':>7s} {'vs ind':>7s} ok")
         for r in rows:

@@ -285,7 +285,14 @@ def test_call_plan_binds_kernel_params() -> None:
         for c in FAM.candidates(spec):
             plan = FAM.call_plan(spec, c)
             fn = getattr(load_module(c.source), plan.kernel)
-            assert [a for a, _ in plan.args] == list(fn.arg_names)
+            names = [a for a, _ in plan.args]
+            # the parameters bound in order; left out: smem's defaulted knobs that are off (bound only when on)
+            assert names == list(fn.arg_names)[:len(names)]
+            left = list(fn.arg_names)[len(names):]
+            if c.template != "smem" or c.cfg.get("FAST"):
+                assert left == []
+            else:
+                assert left == (["FAST", "HALVINGS"] if c.cfg.get("SWZ") else ["SWZ", "FAST", "HALVINGS"])
             args = dict(plan.args)
             assert args["x_ptr"] == In(0) and args["b_ptr"] == In(1) and args["out_ptr"] == Out(0)
             assert args["s_ptr"] == (In(2) if spec.args[2] is not None else In(1))
@@ -355,15 +362,60 @@ def test_kernel_configs_cross_blocks() -> None:
         check(spec, template_cand(spec, t, BLOCK=512), inputs, f"M={m}")
 
 
+@pytest.mark.parametrize("m", [2, 40, 64, 100, 1024, 3000])
+def test_smem_swizzle_and_fast(m: int) -> None:
+    """smem's knobs, each on and off: the bank swizzle (boundary i at i ^ ((i >> 5) & 31)) and the
+    halving search give eager's answer, with and without a sorter (whose reads are swizzled too), left
+    and right; candidates offer each both ways (the swizzle from 64 boundaries on: below, it is the
+    identity); a knob is bound only when on."""
+    j = torch.arange(BK._next_pow2(m))
+    sw = j ^ ((j >> 5) & 31)
+    assert torch.equal(sw.sort().values, j) and torch.equal(sw[sw], j)  # a permutation, its own inverse
+    for sorter in (False, True):
+        spec = make_spec(SEARCHSORTED, (257,), (m,), F32, F32, sorter=sorter, right=sorter)
+        inputs = FAM.make_inputs(spec, m)
+        cfgs = [c.cfg for c in FAM.candidates(spec) if c.template == "smem"]
+        assert {c.get("FAST", 0) for c in cfgs} == {0, 1}
+        assert {c.get("SWZ", 0) for c in cfgs} == ({0, 1} if BK._next_pow2(m) >= 64 else {0})
+        for swz in (0, 1):
+            for fast in (0, 1):
+                cand = template_cand(spec, "smem", BLOCK=64, TILES=2, SWZ=swz, FAST=fast)
+                args = dict(FAM.call_plan(spec, cand).args)
+                assert ("SWZ" in args) == bool(swz or fast) and ("FAST" in args) == bool(fast)
+                if fast:
+                    assert 2 ** args["HALVINGS"] >= m > 2 ** (args["HALVINGS"] - 1)
+                check(spec, cand, inputs, f"M={m} SWZ={swz} FAST={fast} sorter={sorter}")
+
+
+@pytest.mark.parametrize("right", [False, True])
+def test_smem_fast_nan_boundaries_replay(right: bool) -> None:
+    """With a NaN among the boundaries the answer depends on ATen's search path: the halving search
+    would give the count instead, so a program that holds one replays the exact search. Also ties,
+    -0.0 against 0.0, infinities and NaN values on the halving path."""
+    nan, inf = math.nan, math.inf
+    x = torch.tensor([-inf, -5.0, -0.0, 0.0, 1.0, 2.0, 2.5, 3.0, 7.0, 9.0, inf, nan] * 9)
+    for b in (torch.tensor([-inf, -1.0, 0.0, 0.0, 2.0, 2.0, 3.0, 7.0, inf, nan, nan] + [nan] * 60),
+              torch.tensor([-inf, -1.0, -0.0, 0.0, 2.0, 2.0, 3.0, 7.0] * 1 + [7.0] * 57 + [inf] * 6)):
+        spec = FAM.spec_for(BUCKETIZE, x, b, None, right)
+        cand = template_cand(spec, "smem", BLOCK=32, TILES=2, SWZ=1, FAST=1)
+        check(spec, cand, [x, b, None], f"right={right} nan_boundaries={bool(b.isnan().any())}")
+        # what the halving search answers (ATen's step predicate counted): differs from eager with NaN
+        # boundaries, so passing above means the replay ran
+        counted = torch.stack([(~(b > v) if right else ~(b >= v)).sum() for v in x])
+        assert torch.equal(counted, FAM.eager(spec, [x, b, None])[0]) != bool(b.isnan().any())
+
+
 def test_unsorted_boundaries_only_count_differs() -> None:
     """Unsorted boundaries (torch: undefined result): the search templates still replay eager's path;
-    count counts -- documented, not hidden."""
+    count counts and smem's halving search gives some answer in [0, M] -- documented, not hidden."""
     b = torch.tensor([5.0, 1.0, 3.0, 2.0, 4.0])
     x = torch.tensor([0.0, 1.5, 2.5, 3.5, 6.0])
     spec = FAM.spec_for(BUCKETIZE, x, b)
     eager = FAM.eager(spec, [x, b, None])[0]
     for t in ("search", "smem"):
-        assert_exact(run_candidate(spec, template_cand(spec, t), [x, b, None]), eager, t)
+        assert_exact(run_candidate(spec, template_cand(spec, t, FAST=0), [x, b, None]), eager, t)
+    halving = run_candidate(spec, template_cand(spec, "smem", FAST=1), [x, b, None])  # a count-like answer
+    assert bool(((halving >= 0) & (halving <= len(b))).all())
     counted = run_candidate(spec, template_cand(spec, "count"), [x, b, None])
     assert counted.tolist() == [(b < v).sum().item() for v in x] and not torch.equal(counted, eager)
 

@@ -51,7 +51,15 @@ Templates (each a complete module; every element of the output written exactly o
   everything (any M, per-row sequences, sorter).
 * ``smem`` (1-D boundaries, ``M <= 4096``): the program loads the boundaries (through the sorter when
   given) once into a register tile, then searches ``TILES`` blocks of ``BLOCK`` values with ``tl.gather``
-  from that tile (registers / shared memory on the GPU) instead of dependent global loads.
+  from that tile instead of dependent global loads. On sm_90 every gather stores the tile to shared
+  memory linearly and reads it back by index (checked in the PTX), so a binary search's first steps
+  (strides M/2, M/4, ...: all multiples of 32 words) hit one bank; ``SWZ`` stores boundary i at
+  ``i ^ ((i >> 5) & 31)``, which spreads the first six steps over distinct banks. ``FAST`` searches
+  by halving (one gather, compare and select per step: about half the instructions of the masked
+  lo/hi search, which is what bounds it once the banks are spread); its answer is the count of
+  boundaries ATen's step passes, equal to ATen's for sorted NaN-free boundaries (like ``count``,
+  unsorted ones may give another, equally undefined, answer). A program whose boundaries hold a NaN
+  replays the exact search.
 * ``count`` (1-D boundaries, ``M <= 512``): branch-free: per value the number of boundaries for which
   ATen's step moves right (``!(b >= v)``, ``!(b > v)`` for right: ``b < v`` / ``b <= v``, and every
   boundary for a NaN value) over ``BC``-wide boundary chunks (no sorter reads: a count ignores order).
@@ -165,22 +173,6 @@ def _search_global(b_ptr, s_ptr, b_row, s_row, v, live, n_bounds, stride_bm, str
 
 
 @triton.jit
-def _search_tile(bk, base, v, live, n_bounds, RIGHT: tl.constexpr, STEPS: tl.constexpr):
-    \"\"\"ATen's binary search over boundaries held in a flat register tile ``bk`` (already keyed; each
-    value's sequence starts at ``base``), read with tl.gather (shared memory / shuffles on the GPU).\"\"\"
-    lo = tl.zeros(v.shape, dtype=tl.int32)
-    hi = lo + n_bounds
-    for _ in tl.static_range(STEPS):
-        active = live & (lo < hi)
-        mid = lo + ((hi - lo) >> 1)
-        bv = tl.gather(bk, tl.where(active, base + mid, 0), 0)
-        right = _go_right(bv, v, RIGHT)
-        lo = tl.where(active & right, mid + 1, lo)
-        hi = tl.where(active & ~right, mid, hi)
-    return lo
-
-
-@triton.jit
 def _element(e, n_cols, stride_xr, stride_xk, TWO_D: tl.constexpr):
     \"\"\"Flat element e -> (row, values offset); one-dim values skip the division.\"\"\"
     if TWO_D:
@@ -190,6 +182,58 @@ def _element(e, n_cols, stride_xr, stride_xk, TWO_D: tl.constexpr):
         r = e * 0
         off = e * stride_xk
     return r, off
+'''
+
+_TILE = '''
+
+@triton.jit
+def _swizzle(i):
+    \"\"\"Tile position of boundary i (an involution): the low 5 bits XOR bits 5..9, so the
+    power-of-two strides of a binary search's first steps hit distinct shared-memory banks.\"\"\"
+    return i ^ ((i >> 5) & 31)
+
+
+@triton.jit
+def _search_tile(bk, base, v, live, n_bounds, RIGHT: tl.constexpr, STEPS: tl.constexpr, SWZ: tl.constexpr = False):
+    \"\"\"ATen's binary search over boundaries held in a flat register tile ``bk`` (already keyed; each
+    value's sequence starts at ``base``), read with tl.gather (shared memory on the GPU). ``SWZ``: the
+    tile holds boundary i at ``_swizzle(i)``.\"\"\"
+    lo = tl.zeros(v.shape, dtype=tl.int32)
+    hi = lo + n_bounds
+    for _ in tl.static_range(STEPS):
+        active = live & (lo < hi)
+        mid = lo + ((hi - lo) >> 1)
+        pos = tl.where(active, base + mid, 0)
+        if SWZ:
+            pos = _swizzle(pos)
+        bv = tl.gather(bk, pos, 0)
+        right = _go_right(bv, v, RIGHT)
+        lo = tl.where(active & right, mid + 1, lo)
+        hi = tl.where(active & ~right, mid, hi)
+    return lo
+
+
+@triton.jit
+def _search_tile_fast(bk, v, n_bounds, RIGHT: tl.constexpr, HALVINGS: tl.constexpr, SWZ: tl.constexpr):
+    \"\"\"For sorted NaN-free 1-D boundaries: the number of boundaries ATen's step moves right of (b < v;
+    b <= v for right; all of them for a NaN value), which is ATen's answer there, by halving (the
+    branch-free lower bound of Khuong and Morin): per step one gather, compare and select, no
+    masks. Invariant: every boundary before ``base`` is passed, the answer lies in [base, base + n]
+    and base + n <= M, so every read is in range. HALVINGS = ceil(log2(M)) brings n to 1.\"\"\"
+    base = tl.zeros(v.shape, dtype=tl.int32)
+    n = n_bounds
+    for _ in tl.static_range(HALVINGS):
+        half = n // 2
+        pos = base + half
+        if SWZ:
+            pos = _swizzle(pos)
+        base = tl.where(_go_right(tl.gather(bk, pos, 0), v, RIGHT), base + half, base)
+        n = n - half
+    pos = base
+    if SWZ:
+        pos = _swizzle(pos)
+    last = _go_right(tl.gather(bk, pos, 0), v, RIGHT)
+    return tl.where(n_bounds > 0, base + last.to(tl.int32), 0)
 '''
 
 _SIGNATURE = '''
@@ -214,15 +258,21 @@ def bucketize_search(''' + _SIGNATURE + '''
     tl.store(out_ptr + e, lo.to(out_ptr.dtype.element_ty), mask=live)
 '''
 
-SMEM_SOURCE = _HEADER + _COMMON + '''
+SMEM_SOURCE = _HEADER + _COMMON + _TILE + '''
 
 @triton.jit
 def bucketize_smem(''' + _SIGNATURE + '''
-    TWO_D: tl.constexpr, NB: tl.constexpr, BLOCK: tl.constexpr, TILES: tl.constexpr,
+    TWO_D: tl.constexpr, NB: tl.constexpr, BLOCK: tl.constexpr, TILES: tl.constexpr, SWZ: tl.constexpr = False,
+    FAST: tl.constexpr = False, HALVINGS: tl.constexpr = 0,
 ):
     \"\"\"One program = TILES blocks of BLOCK elements; the (1-D) boundaries are loaded once into a
-    register tile of NB >= M (through the sorter) and searched with gathers.\"\"\"
+    register tile of NB >= M (through the sorter) and searched with gathers. ``SWZ``: position j of
+    the tile holds boundary ``_swizzle(j)`` (the gather's shared-memory copy is laid out linearly, so
+    an unswizzled search's first steps all read bank 0). ``FAST``: the branch-free halving search,
+    unless the tile holds a NaN boundary (then ATen's path decides: replayed, a uniform branch).\"\"\"
     j = tl.arange(0, NB)
+    if SWZ:
+        j = _swizzle(j)
     jm = j < n_bounds
     if HAS_SORTER:
         sj = tl.load(s_ptr + j.to(tl.int64) * stride_sm, mask=jm, other=0)
@@ -232,12 +282,22 @@ def bucketize_smem(''' + _SIGNATURE + '''
     else:
         bt = tl.load(b_ptr + j.to(tl.int64) * stride_bm, mask=jm, other=0)
     bk = _key(bt, CMP)
+    n_nan = tl.full([], 0, tl.int32)
+    if FAST:
+        if CMP != 2:
+            n_nan = tl.sum((jm & (bk != bk)).to(tl.int32))
     for t in range(TILES):
         e = (tl.program_id(0).to(tl.int64) * TILES + t) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
         live = e < numel
         r, off = _element(e, n_cols, stride_xr, stride_xk, TWO_D)
         v = _key(tl.load(x_ptr + off, mask=live, other=0), CMP)
-        lo = _search_tile(bk, 0, v, live, n_bounds, RIGHT, STEPS)
+        if FAST:
+            if n_nan == 0:
+                lo = _search_tile_fast(bk, v, n_bounds, RIGHT, HALVINGS, SWZ)
+            else:
+                lo = _search_tile(bk, 0, v, live, n_bounds, RIGHT, STEPS, SWZ)
+        else:
+            lo = _search_tile(bk, 0, v, live, n_bounds, RIGHT, STEPS, SWZ)
         tl.store(out_ptr + e, lo.to(out_ptr.dtype.element_ty), mask=live)
 '''
 
@@ -276,7 +336,7 @@ def bucketize_count(''' + _SIGNATURE + '''
         tl.store(out_ptr + e, res.to(out_ptr.dtype.element_ty), mask=live)
 '''
 
-ROW_SOURCE = _HEADER + _COMMON + '''
+ROW_SOURCE = _HEADER + _COMMON + _TILE + '''
 
 @triton.jit
 def bucketize_row(''' + _SIGNATURE + '''
@@ -770,8 +830,11 @@ class BucketizeFamily(OpFamily):
         def count(blk: int, bc: int, tiles: int = 1, nw: int | None = None) -> None:
             add("count", blk * bc, nw, BLOCK=blk, BC=bc, TILES=tiles)
 
-        def smem(blk: int, tiles: int = 1, nw: int | None = None) -> None:
-            add("smem", blk, nw or self._warps(max(blk, nb)), BLOCK=blk, TILES=tiles)
+        def smem(blk: int, tiles: int = 1, nw: int | None = None, swz: bool = True, fast: bool = True) -> None:
+            extra = {"SWZ": 1} if swz and nb >= 64 else {}  # below 64 boundaries the swizzle is the identity
+            if fast and m >= 2:
+                extra["FAST"] = 1
+            add("smem", blk, nw or self._warps(max(blk, nb)), BLOCK=blk, TILES=tiles, **extra)
 
         def search(blk: int, nw: int | None = None) -> None:
             add("search", blk, nw, BLOCK=blk)
@@ -808,6 +871,8 @@ class BucketizeFamily(OpFamily):
                     smem(blk)
             for tiles in tiles_opts(blk0)[1:]:
                 smem(blk0, tiles)
+            smem(blk0, fast=False)
+            smem(blk0, swz=False, fast=False)
             nw0 = self._warps(blk0)
             for nw in (nw0 * 2, nw0 // 2):
                 if 1 <= nw <= 8:
@@ -865,6 +930,11 @@ class BucketizeFamily(OpFamily):
                     raise ValueError(f"TILES={tiles} < 1")
                 extra = [("NB", nb)] if template == "smem" else [("BC", int(cfg["BC"]))]
                 args += extra + [("BLOCK", blk), ("TILES", tiles)]
+                # knobs bound only when on: older stored sources lack them
+                if template == "smem" and (cfg.get("SWZ") or cfg.get("FAST")):
+                    args += [("SWZ", bool(cfg.get("SWZ")))]
+                if template == "smem" and cfg.get("FAST"):
+                    args += [("FAST", True), ("HALVINGS", max(g.bounds - 1, 0).bit_length())]
                 grid = (_cdiv(g.numel, blk * tiles),)
         if grid[0] > _MAX_GRID_X:
             raise ValueError(f"grid {grid} exceeds the launch limit")
