@@ -41,6 +41,19 @@ def _constexprs(module: Any, kernel: str) -> set[str]:
     return {names[i] for i in getattr(fn, "constexprs", []) if i < len(names)}
 
 
+def _defaults(module: Any, kernel: str) -> dict[str, Any]:
+    """The kernel's parameters that have defaults (knobs a plan binds only when on), with them."""
+    import inspect
+
+    fn = getattr(module, kernel)
+    py = getattr(fn, "fn", fn)
+    try:
+        params = inspect.signature(py).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
 def _fake_empty(like: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A fresh fake tensor (own storage) in ``like``'s fake mode, for a buffer the graph allocates."""
     from torch._guards import detect_fake_mode
@@ -111,6 +124,13 @@ def insert_call(
 
                         warn_once("kevolve: %s.%s is a float runtime argument: Inductor passes it as fp64; "
                                   "declare it tl.constexpr (or pass its bits as an int)", st.kernel, name)
+            # Inductor's launcher takes every parameter the kernel declares, defaulted ones included
+            # (torch 2.11: ``launcher() missing ... '_grid_2'`` when one is left out): bind each left
+            # out to its default, as Triton's own JIT would.
+            named = {name for name, _ in st.args}
+            for name, default in _defaults(module, st.kernel).items():
+                if name not in named:
+                    consts[name] = default
             kernel_idx = kernel_side_table.add_kernel(_autotuner(module, st))
             consts_idx = kernel_side_table.add_constant_args(consts)
             hop = graph.call_function(
