@@ -13,7 +13,7 @@ CHILD = Path(__file__).with_name("e2e_child.py")
 def _env(store: Path, tmp: Path) -> dict:
     env = dict(os.environ)
     env.update({"KEVOLVE_CACHE_DIR": str(store), "KEVOLVE_SHIPPED_DIR": str(tmp / "none"),
-                "KEVOLVE_MAX_CANDIDATES": "2", "TRITON_INTERPRET": "1",
+                "KEVOLVE_MAX_CANDIDATES": "1", "TRITON_INTERPRET": "1",
                 "TORCHINDUCTOR_CACHE_DIR": str(tmp / "inductor")})
     return env
 
