@@ -456,6 +456,21 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def print_table(rows: list[dict], title: str, cols: list[tuple[str, tuple[str, str]]]) -> None:
+    """One text table: a row per case, columns (header, (row key, "ms" | "%" | "x" | "str"))."""
+    def cell(r: dict, key: str, kind: str) -> str:
+        v = r.get(key)
+        if kind == "str":
+            return f"{str(v):>7s}"
+        if not isinstance(v, (int, float)):
+            return f"{'-':>7s}"
+        return {"ms": f"{v:7.3f}", "%": f"{v:6.1f}%", "x": f"{v:6.2f}x"}[kind]
+
+    print(("\n" + title if title else "") + "\n" + f"{'op':32s} " + " ".join(f"{h:>7s}" for h, _ in cols))
+    for r in rows:
+        print(f"{r['op']:32s} " + " ".join(cell(r, key, kind) for _, (key, kind) in cols))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", default="")
@@ -492,26 +507,20 @@ def main() -> int:
         # after every case: a run cut short by a time limit still leaves its rows behind
         (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
     plot(rows, out / "bench.png")
-    print(f"\n{'op':32s} {'floor':>7s} {'eager':>7s} {'induct':>7s} {'max-at':>7s} {'kevolve':>7s} {'%floor':>7s} {'vs ind':>7s} "
-          f"{'copy%':>6s} ok")
-    for r in rows:
-        f = lambda k: f"{r[k]:7.3f}" if isinstance(r.get(k), float) else f"{'-':>7s}"  # noqa: E731
-        print(f"{r['op']:32s} {f('floor_ms')} {f('eager_ms')} {f('inductor_ms')} {f('max_autotune_ms')} {f('kevolve_ms')} "
-              f"{r.get('kevolve_pct_floor', 0):6.1f}% {r.get('kevolve_vs_inductor', 0):6.2f}x {r.get('copy_pct_floor', 0):5.1f}% "
-              f"{r.get('kevolve_ok')}")
-    print(f"\nAfter a read flush (L2 evicted and clean; scripts/flush_effect.py)\n{'op':32s} {'floor':>7s} {'copy':>7s} "
-          f"{'induct':>7s} {'kevolve':>7s} {'%floor':>7s} {'vs ind':>7s} {'copy%':>6s}")
-    for r in rows:
-        f = lambda k: f"{r[k]:7.3f}" if isinstance(r.get(k), float) else f"{'-':>7s}"  # noqa: E731
-        print(f"{r['op']:32s} {f('floor_ms')} {f('copy_clean_ms')} {f('inductor_clean_ms')} {f('kevolve_clean_ms')} "
-              f"{r.get('kevolve_clean_pct_floor', 0):6.1f}% {r.get('kevolve_clean_vs_inductor_clean', 0):6.2f}x "
-              f"{r.get('copy_clean_pct_floor', 0):5.1f}%")
+    ms = lambda k: (k, "ms")  # noqa: E731
+    print_table(rows, "", [("floor", ms("floor_ms")), ("eager", ms("eager_ms")), ("induct", ms("inductor_ms")),
+                           ("max-at", ms("max_autotune_ms")), ("kevolve", ms("kevolve_ms")),
+                           ("%floor", ("kevolve_pct_floor", "%")), ("vs ind", ("kevolve_vs_inductor", "x")),
+                           ("copy%", ("copy_pct_floor", "%")), ("ok", ("kevolve_ok", "str"))])
+    print_table(rows, "After a read flush (L2 evicted and clean; scripts/flush_effect.py)",
+                [("floor", ms("floor_ms")), ("copy", ms("copy_clean_ms")), ("induct", ms("inductor_clean_ms")),
+                 ("kevolve", ms("kevolve_clean_ms")), ("%floor", ("kevolve_clean_pct_floor", "%")),
+                 ("vs ind", ("kevolve_clean_vs_inductor_clean", "x")), ("copy%", ("copy_clean_pct_floor", "%"))])
     if args.cudagraphs:
-        print(f"\nCUDA graphs (mode='reduce-overhead')\n{'op':32s} {'floor':>7s} {'induct':>7s} {'kevolve':>7s} {'%floor':>7s} {'vs ind':>7s} ok")
-        for r in rows:
-            f = lambda k: f"{r[k]:7.3f}" if isinstance(r.get(k), float) else f"{'-':>7s}"  # noqa: E731
-            print(f"{r['op']:32s} {f('floor_ms')} {f('inductor_cg_ms')} {f('kevolve_cg_ms')} "
-                  f"{r.get('kevolve_cg_pct_floor', 0):6.1f}% {r.get('kevolve_cg_vs_inductor_cg', 0):6.2f}x {r.get('kevolve_cg_ok')}")
+        print_table(rows, "CUDA graphs (mode='reduce-overhead')",
+                    [("floor", ms("floor_ms")), ("induct", ms("inductor_cg_ms")), ("kevolve", ms("kevolve_cg_ms")),
+                     ("%floor", ("kevolve_cg_pct_floor", "%")), ("vs ind", ("kevolve_cg_vs_inductor_cg", "x")),
+                     ("ok", ("kevolve_cg_ok", "str"))])
     with tarfile.open(out / "kernel_cache.tar", "w") as tf:
         if (store / "v1").exists():
             tf.add(store / "v1", arcname="v1")
