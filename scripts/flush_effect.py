@@ -11,7 +11,9 @@ mode: the stored kernels) three ways each, median of 100 calls with CUDA events 
 * ``read``: after ``buf.sum()`` of the same 256 MB: L2 is evicted as well but left clean;
 * ``none``: back to back (small inputs may then be L2-resident: a bound, not a floor).
 
-Every time is also given as % of the case's floor (bytes over the 1 GiB copy bandwidth)."""
+Every time is also given as % of the case's floor (bytes over the 1 GiB copy bandwidth). Also printed:
+each flush's own GPU time, and each compiled call's wall time per call back to back (the host's pace):
+where that exceeds flush + kernels, the GPU waits for the host inside the timed window."""
 from __future__ import annotations
 
 import argparse
@@ -37,23 +39,33 @@ def main() -> int:
     import torch_kevolve  # noqa: F401
     from torch_kevolve.hardware import copy_bandwidth
 
-    from scripts.bench import CASES, do_bench, timed_after
+    from scripts.bench import CASES, do_bench, timed_after, wall_us_per_call
 
     bw = copy_bandwidth("cuda")
     buf = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     flushes = {"zero": buf.zero_, "read": lambda: buf.sum(dtype=torch.int32), "none": None}
     rows = []
 
+    # the flushes' own GPU time: a call whose host time exceeds flush + kernels leaves the GPU idle
+    # between the start event and its first launch, and that gap lands in the row
+    for k in ("zero", "read"):
+        ms = timed_after(flushes[k], None)
+        print(f"flush {k}: {ms * 1e3:.1f} us of GPU time", flush=True)
+        rows.append({"what": f"flush {k}", "gpu_ms": ms})
+
     def row(name: str, nbytes: int, fn) -> None:
         r = {"what": name, "bytes": nbytes, "floor_ms": nbytes / bw * 1e3, "do_bench_ms": do_bench(fn)}
+        if name.endswith(("kevolve", "inductor")):
+            r["host_us_per_call"] = wall_us_per_call(fn)  # back to back: the host's pace when it is the slower
         for k, fl in flushes.items():
             r[f"{k}_ms"] = timed_after(fn, fl)
         for k in ("do_bench", "zero", "read", "none"):
             r[f"{k}_pct_floor"] = 100 * r["floor_ms"] / r[f"{k}_ms"]
         rows.append(r)
+        host = f" | back to back {r['host_us_per_call']:.1f} us/call" if "host_us_per_call" in r else ""
         print(f"{name:34s} floor {r['floor_ms'] * 1e3:8.1f} us | " + "  ".join(
-            f"{k} {r[f'{k}_ms'] * 1e3:8.1f} ({r[f'{k}_pct_floor']:5.1f}%)" for k in ("do_bench", "zero", "read", "none")),
-            flush=True)
+            f"{k} {r[f'{k}_ms'] * 1e3:8.1f} ({r[f'{k}_pct_floor']:5.1f}%)" for k in ("do_bench", "zero", "read", "none"))
+            + host, flush=True)
 
     for mb in filter(None, a.sizes_mb.split(",")):
         n = int(float(mb) * (1 << 20)) // 2
