@@ -313,7 +313,8 @@ def timed_after(fn, flush, reps: int = 100, warm: int = 10) -> float:
 
 def read_flush() -> None:
     """Evicts L2 by reading 256 MB (a sum), leaving it clean: do_bench's zero_() leaves it full of dirty
-    lines whose write-back the next call pays (5-6 us on H100: scripts/flush_effect.py)."""
+    lines whose write-back the next call pays (5-6 us on H100: scripts/flush_effect.py). The uint8 ->
+    int32 sum takes ~835 us, so the host is always ahead: these timings are GPU time."""
     if not _FLUSH_BUF:
         _FLUSH_BUF.append(torch.empty(256 << 20, dtype=torch.uint8, device="cuda"))
     _FLUSH_BUF[0].sum(dtype=torch.int32)

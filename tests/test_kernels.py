@@ -6,26 +6,16 @@ import math
 import pytest
 import torch
 
+from torch_kevolve.families import segment_reduce as SR
 from torch_kevolve.kernels import load_module
 
-_SOURCE = '''
-import triton
-import triton.language as tl
-
-
-@triton.jit
-def _max_nan(a, b):
-    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
-
+# segment_reduce's own helpers (its _max_nan / _min_nan and the _reduce that uses them), plus one
+# combine the fast path does not know by name: the interpreter's element-by-element path
+_SOURCE = SR._HEADER + SR._COMMON + '''
 
 @triton.jit
-def _min_nan(a, b):
-    return tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)
-
-
-@triton.jit
-def NAME_max_slow(a, b):  # same combine, a name the fast path does not know: the element-wise path
-    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+def _max_slow(a, b):
+    return _max_nan(a, b)
 
 
 @triton.jit
@@ -34,16 +24,16 @@ def reduce_kernel(x_ptr, out_ptr, AXIS: tl.constexpr, OP: tl.constexpr, R: tl.co
     c = tl.arange(0, C)
     x = tl.load(x_ptr + r[:, None] * C + c[None, :])
     if OP == 0:
-        y = tl.reduce(x, AXIS, _max_nan)
+        y = _reduce(x, AXIS, 2)
     elif OP == 1:
-        y = tl.reduce(x, AXIS, _min_nan)
+        y = _reduce(x, AXIS, 3)
     else:
-        y = tl.reduce(x, AXIS, NAME_max_slow)
+        y = tl.reduce(x, AXIS, _max_slow)
     if AXIS == 0:
         tl.store(out_ptr + c, y)
     else:
         tl.store(out_ptr + r, y)
-'''.replace("NAME_max_slow", "_max_slow")
+'''
 
 
 @pytest.mark.parametrize("axis", [0, 1])
