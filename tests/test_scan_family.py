@@ -315,6 +315,41 @@ def test_rounding_on_real_rows() -> None:
         check(spec, with_cfg(cands["chunked"], BLOCK_P=1, BLOCK_L=256, BLOCK_C=4), [xi], f"{op} chunked")
 
 
+def test_logcumsumexp_fast_path_and_guard() -> None:
+    """LSE_FAST (one exp and one log per element against the chunk max) on and off, every template
+    (chunked with REV on and off), fp32 and fp64: chunks the guard serves (normal values, -inf
+    holes, a chunk far below the carry, a whole -inf chunk) and chunks it refuses (a spread over 64,
+    NaN, +inf, and the +inf carry after it) all match the float64 reference; on plain rows the fast
+    path really runs (its bits differ from the pairwise combine's)."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(6, 150, generator=g, dtype=F64) * 3
+    x[1, :16] -= 500.0  # a chunk far below the next: a = exp(carry - top) underflows to 0
+    x[1, 40] = -200.0  # a spread over 64 inside one chunk: refused
+    x[2, ::7] = -INF  # holes the fast path keeps exact
+    x[3, 16:32] = -INF  # a whole -inf chunk
+    x[4, 50] = INF  # +inf, then a +inf carry for every later chunk
+    x[5, 90] = NAN
+    for dt in (F32, F64):
+        xi = x.to(dt)
+        for layout, dim in ((xi, 1), (xi.T.contiguous(), 0)):
+            spec = FAM.spec_for(LOGCUMSUMEXP, layout, dim)
+            cands = template_cands(spec)
+            for t, cand in cands.items():
+                if t == "cols" and dim != 0 or t != "cols" and dim == 0 and t != "tile":
+                    continue
+                variants = [dict(REV=r) for r in (0, 1)] if t == "chunked" else [{}]
+                for extra in variants:
+                    outs = {}
+                    for fast in (0, 1):
+                        c = with_cfg(cand, LSE_FAST=fast, **extra)
+                        check(spec, c, [layout], f"{dt} {t} fast={fast} {extra}")
+                        (outs[fast],) = launch(load_module(c.source), FAM.call_plan(spec, c), [layout])
+                    if dim == 1:
+                        assert not torch.equal(outs[0][0], outs[1][0]), f"{dt} {t}: the fast path did not run"
+    plan = FAM.call_plan(FAM.spec_for(CUMSUM, x.float(), 1), template_cands(FAM.spec_for(CUMSUM, x.float(), 1))["rows"])
+    assert dict(plan.args)["LSE_FAST"] == 0  # only logcumsumexp takes it
+
+
 _EDGE_SPECS = {
     "cumsum-f32": lambda: make_spec(),
     "cumsum-i32": lambda: make_spec(CUMSUM, (37, 5), 0, I32),

@@ -331,7 +331,8 @@ def test_candidate_space(kind, dt, reduce, incl, n, d, m, device) -> None:
         cfg = c.cfg
         assert cfg["num_warps"] in (1, 2, 4, 8) and cfg["num_stages"] in (1, 2, 3)
         plan = FAM.call_plan(spec, c)
-        assert plan.kernel == TEMPLATES[c.template][0] and plan.outputs[0].shape == tuple(spec.args[0].shape)
+        main = "scatter_csr_flat" if cfg.get("FLAT") else TEMPLATES[c.template][0]
+        assert plan.kernel == main and plan.outputs[0].shape == tuple(spec.args[0].shape)
         assert plan.outputs[0].fill == (SC._FILL[reduce] if c.template == "atomic" else None)
         for st, fn in _step_fns(c, plan):
             assert [a for a, _ in st.args] == list(fn.arg_names), st.kernel  # every param bound once
@@ -544,44 +545,50 @@ def _csr(spec: OpSpec, **over: Any) -> Candidate:
     return with_cfg(c, **over) if over else c
 
 
-@pytest.mark.parametrize("dt", [F32, F16, BF16])
-def test_csr_template(dt: torch.dtype) -> None:
+@pytest.mark.parametrize("dt,flat", [(F32, 1), (F16, 1), (BF16, 1), (F32, 0), (BF16, 0)])
+def test_csr_template(dt: torch.dtype, flat: int) -> None:
     """The counting-sort + gather-reduce template on odd shapes vs the float64 reference (and eager
     where eager is accurate): random / sorted / hot / all-equal indices, M = 0, a single row, index_put
     broadcast values and negative indices, both row-pointer scans (several steps / blocks), column
-    loops, include_self=False, mean, and a scatter index narrower than the row."""
+    loops, include_self=False, mean, and a scatter index narrower than the row. Both main kernels:
+    the lockstep walk and FLAT (whose BLOCK_E = 16 entries per step makes the all-equal index carry a
+    run across four steps)."""
     spec = make_spec("ip", dt, n=37, d=19, m=53)
+
+    def csr_c(spec: OpSpec, **over: Any) -> Candidate:
+        return _csr(spec, FLAT=flat, BLOCK_E=16, **over)
+
     seeds = (0, 1, 2)  # uniform (some negative), sorted, hot rows
     variants = (dict(), dict(SCAN=1, SCAN_BLOCK=16, BLOCK_N=4), dict(SCAN=2, SCAN_BLOCK=16, BLOCK_D=8, D_LOOP=True),
                 dict(BLOCK_N=1, BLOCK_D=32, CSR_BLOCK_M=16))
     vs_eager = dt == F32  # eager index_put sums fp16/bf16 in the data dtype
     for seed, over in zip(seeds + (0,), variants):
-        check(spec, _csr(spec, **over), FAM.make_inputs(spec, seed), vs_eager=vs_eager)
+        check(spec, csr_c(spec, **over), FAM.make_inputs(spec, seed), vs_eager=vs_eager)
     gen = torch.Generator().manual_seed(5)
     x, src = torch.randn(37, 19, generator=gen).to(dt), torch.randn(53, 19, generator=gen).to(dt)
     # all equal (one long CSR row, 53 lockstep steps), the last row via a negative index
     for val in (4, -1):
         idx = torch.full((53,), val, dtype=torch.int64)
-        check(spec, _csr(spec, BLOCK_N=8), [x, idx, src], vs_eager=vs_eager)
+        check(spec, csr_c(spec, BLOCK_N=8), [x, idx, src], vs_eager=vs_eager)
     # M = 0: out = self; a single row of self
     sp0 = FAM.spec_for(SC.INDEX_PUT, x, torch.empty(0, dtype=torch.int64), src[:0], 0)
-    out = run_candidate(sp0, _csr(sp0), [x, torch.empty(0, dtype=torch.int64), src[:0]])
+    out = run_candidate(sp0, csr_c(sp0), [x, torch.empty(0, dtype=torch.int64), src[:0]])
     assert torch.equal(out, x)
     x1, i1 = x[:1], torch.tensor([0, -1, 0, 0, -1], dtype=torch.int32)
     sp1 = FAM.spec_for(SC.INDEX_PUT, x1, i1, src[:5], 0)
-    check(sp1, _csr(sp1), [x1, i1, src[:5]], vs_eager=vs_eager)
+    check(sp1, csr_c(sp1), [x1, i1, src[:5]], vs_eager=vs_eager)
     # index_put broadcast values [D]
     spb = make_spec("ip_bcast", dt, n=37, d=19, m=53)
-    check(spb, _csr(spb), FAM.make_inputs(spb, 2), vs_eager=vs_eager)
+    check(spb, csr_c(spb), FAM.make_inputs(spb, 2), vs_eager=vs_eager)
     # scatter (fp32 accumulation in eager): include_self=False, mean, an index narrower than the row
     for reduce, incl in (("sum", False), ("mean", True), ("mean", False)):
         sps = make_spec("row_dim1", dt, reduce, incl, n=37, d=19, m=53)
-        check(sps, _csr(sps, BLOCK_N=8), FAM.make_inputs(sps, 1 + incl))
+        check(sps, csr_c(sps, BLOCK_N=8), FAM.make_inputs(sps, 1 + incl))
     xs, ss = torch.randn(9, 6, generator=gen).to(dt), torch.randn(12, 6, generator=gen).to(dt)
     iv = torch.randint(0, 9, (12,), generator=gen)[:, None].expand(12, 3)  # columns 3.. are untouched
     spn = FAM.spec_for(SC.SCATTER_ADD, xs, iv, ss, 0)
     assert FAM.geom(spn).row and FAM.geom(spn).k == 3
-    check(spn, _csr(spn), [xs, iv, ss])
+    check(spn, csr_c(spn), [xs, iv, ss])
 
 
 def test_csr_out_of_range_and_offer() -> None:
@@ -640,7 +647,7 @@ specs = [
 def key(spec, cand):
     cfg = cand.cfg
     return (spec.args[0].dtype, spec.const("reduce"), spec.const("include_self"), cand.template,
-            cfg.get("SEG_COMBINE"), cfg.get("D_LOOP"), cfg.get("USE_DOT"), cfg.get("SCAN"))
+            cfg.get("SEG_COMBINE"), cfg.get("D_LOOP"), cfg.get("USE_DOT"), cfg.get("SCAN"), cfg.get("FLAT"))
 
 
 done = set()
@@ -664,14 +671,14 @@ for spec, cand, plan, compiled in each_plan(fam, specs, pick):
 
 def test_kernels_compile_for_sm90(tmp_path) -> None:
     """The GPU path: every template and structural variant (bf16 atomics on sm_90, integer-bit
-    max/min, segmented scans, one-hot dots, generic prod) compiles to sm_90 cubin, no GPU needed; the
+    max/min, segmented scans, one-hot dots, generic prod, csr's two main kernels) compiles to sm_90 cubin, no GPU needed; the
     interpreter cannot catch GPU-only errors. A subprocess: with TRITON_INTERPRET=1 at import, triton's
     own stdlib is interpreter-only for the whole process."""
     stdout, lines = run_sm90(_SM90_SCRIPT, tmp_path, timeout=600)
     kernels = {ln.rsplit(" ", 1)[-1] for ln in lines}
     assert kernels == {"scatter_src", "scatter_copy", "scatter_atomic", "scatter_finalize", "scatter_scan",
                        "scatter_csr_hist", "scatter_csr_scan", "scatter_csr_block_sums", "scatter_csr_block_scan",
-                       "scatter_csr_fill", "scatter_csr_reduce"}, stdout
+                       "scatter_csr_fill", "scatter_csr_reduce", "scatter_csr_flat"}, stdout
     assert len(lines) >= 30, stdout
 
 

@@ -166,6 +166,75 @@ def _comb(a, b, OP: tl.constexpr):
 
 
 @triton.jit
+def _bc(t, AXIS: tl.constexpr, EXPAND: tl.constexpr):
+    """A per-lane value broadcast against its chunk (rows: the carry is already [1])."""
+    if EXPAND:
+        r = tl.expand_dims(t, AXIS)
+    else:
+        r = t
+    return r
+
+
+@triton.jit
+def _lse_guard(v, AXIS: tl.constexpr, EXPAND: tl.constexpr):
+    """(lane max, number of reasons the fast logcumsumexp may not serve this chunk). It serves a chunk
+    without NaN or +inf whose finite values lie within 64 of their lane's max: exp(v - max) then
+    neither underflows nor loses a prefix to it (-inf elements are exact zeros)."""
+    m = tl.max(v, AXIS)
+    lo = tl.min(tl.where(v == float("-inf"), float("inf"), v), AXIS)
+    bad = ((v != v) | (v == float("inf"))).to(tl.int32)
+    wide = (m - lo > 64.0).to(tl.int32)
+    if EXPAND:
+        nbad = tl.sum(tl.sum(bad, 1), 0) + tl.sum(wide, 0)
+    else:  # one lane: m is a scalar
+        nbad = tl.sum(bad, 0) + wide
+    return m, nbad
+
+
+@triton.jit
+def _step(carry, v, AXIS: tl.constexpr, EXPAND: tl.constexpr, OP: tl.constexpr, LSE_FAST: tl.constexpr):
+    """One chunk: (its inclusive scan seeded with ``carry``, the new carry).
+
+    logcumsumexp with LSE_FAST: against the lane's chunk max ``m`` and ``top = max(carry, m)``,
+    ``out = top + log(exp(carry - top) + cumsum(exp(v - m)) * exp(m - top))`` -- one exp and one log
+    per element instead of an exp and a log per combine step. Chunks the guard refuses (NaN, +inf,
+    a spread over 64, a NaN or +inf carry) take the pairwise combine, as every other op does."""
+    if OP == 2 and LSE_FAST:
+        m, nbad = _lse_guard(v, AXIS, EXPAND)
+        nbad += tl.sum(((carry != carry) | (carry == float("inf"))).to(tl.int32), 0)
+        if nbad == 0:
+            ms = tl.where(m == float("-inf"), 0.0, m)
+            top = tl.maximum(carry, ms)
+            a = tl.exp(carry - top)
+            b = tl.exp(ms - top)
+            e = tl.exp(v - _bc(ms, AXIS, EXPAND))
+            s = _bc(top, AXIS, EXPAND) + tl.log(_bc(a, AXIS, EXPAND) + tl.cumsum(e, AXIS) * _bc(b, AXIS, EXPAND))
+            new = top + tl.log(a + tl.sum(e, AXIS) * b)
+        else:
+            s = _lse(_bc(carry, AXIS, EXPAND), tl.associative_scan(v, AXIS, _lse))
+            new = _lse(carry, tl.reduce(v, AXIS, _lse))
+    else:
+        s = _comb(_bc(carry, AXIS, EXPAND), _scan(v, AXIS, OP), OP)
+        new = _comb(carry, _total(v, AXIS, OP), OP)
+    return s, new
+
+
+@triton.jit
+def _chunk_total(v, AXIS: tl.constexpr, EXPAND: tl.constexpr, OP: tl.constexpr, LSE_FAST: tl.constexpr):
+    """A chunk's total per lane; logcumsumexp with LSE_FAST as ``_step`` (m + log(sum(exp(v - m))))."""
+    if OP == 2 and LSE_FAST:
+        m, nbad = _lse_guard(v, AXIS, EXPAND)
+        if nbad == 0:
+            ms = tl.where(m == float("-inf"), 0.0, m)
+            t = ms + tl.log(tl.sum(tl.exp(v - _bc(ms, AXIS, EXPAND)), AXIS))
+        else:
+            t = tl.reduce(v, AXIS, _lse)
+    else:
+        t = _total(v, AXIS, OP)
+    return t
+
+
+@triton.jit
 def _lanes(p, inner, n_len, stride_o, stride_i):
     \"\"\"Lane p -> (input offset, output offset) of its first element.\"\"\"
     o = p // inner
@@ -176,7 +245,7 @@ def _lanes(p, inner, n_len, stride_o, stride_i):
 _SIGNATURE = '''
     x_ptr, y_ptr,
     n_lanes, n_len, inner, stride_o, stride_l, stride_i,
-    OP: tl.constexpr, KIND: tl.constexpr,'''
+    OP: tl.constexpr, KIND: tl.constexpr, LSE_FAST: tl.constexpr,'''
 
 TILE_SOURCE = _HEADER + _COMMON + '''
 
@@ -194,8 +263,7 @@ def scan_tile(''' + _SIGNATURE + '''
         l = (l0 + ll).to(tl.int64)
         m = pm[:, None] & (l < n_len)[None, :]
         v = _load(x_ptr, y_ptr, x_row[:, None] + l[None, :] * stride_l, m, OP, KIND)
-        s = _comb(carry[:, None], _scan(v, 1, OP), OP)
-        carry = _comb(carry, _total(v, 1, OP), OP)
+        s, carry = _step(carry, v, 1, True, OP, LSE_FAST)
         tl.store(y_ptr + out_row[:, None] + l[None, :] * inner, s.to(y_ptr.dtype.element_ty), mask=m)
 '''
 
@@ -214,8 +282,7 @@ def scan_rows(''' + _SIGNATURE + '''
         l = (l0 + ll).to(tl.int64)
         m = l < n_len
         v = _load(x_ptr, y_ptr, x_row + l * stride_l, m, OP, KIND)
-        s = _comb(carry, _scan(v, 0, OP), OP)
-        carry = _comb(carry, _total(v, 0, OP), OP)
+        s, carry = _step(carry, v, 0, False, OP, LSE_FAST)
         tl.store(y_ptr + out_row + l * inner, s.to(y_ptr.dtype.element_ty), mask=m)
 '''
 
@@ -238,8 +305,7 @@ def scan_cols(''' + _SIGNATURE + '''
         l = (l0 + ll).to(tl.int64)
         m = (l < n_len)[:, None] & im[None, :]
         v = _load(x_ptr, y_ptr, x_base[None, :] + l[:, None] * stride_l, m, OP, KIND)
-        s = _comb(carry[None, :], _scan(v, 0, OP), OP)
-        carry = _comb(carry, _total(v, 0, OP), OP)
+        s, carry = _step(carry, v, 0, True, OP, LSE_FAST)
         tl.store(y_ptr + y_base[None, :] + l[:, None] * inner, s.to(y_ptr.dtype.element_ty), mask=m)
 '''
 
@@ -247,17 +313,23 @@ CHUNKED_SOURCE = _HEADER + _COMMON + '''
 
 @triton.jit
 def scan_chunk_reduce(''' + _SIGNATURE + '''
-    w_ptr, n_chunks, BLOCK_P: tl.constexpr, BLOCK_L: tl.constexpr,
+    w_ptr, n_chunks, BLOCK_P: tl.constexpr, BLOCK_L: tl.constexpr, REV: tl.constexpr,
 ):
-    \"\"\"Program (chunk c, lane block): each lane's chunk-c total -> workspace [lane, c].\"\"\"
+    \"\"\"Program (chunk c, lane block): each lane's chunk-c total -> workspace [lane, c]. REV walks the
+    (lane block, chunk) order backwards, so the chunks read last -- still in L2 -- are the ones the
+    scan step (forward order) reads first.\"\"\"
     c = tl.program_id(0)
-    p = tl.program_id(1).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+    pb = tl.program_id(1)
+    if REV:
+        c = n_chunks - 1 - c
+        pb = tl.num_programs(1) - 1 - pb
+    p = pb.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
     pm = p < n_lanes
     x_row, _ = _lanes(p, inner, n_len, stride_o, stride_i)
     l = (c * BLOCK_L + tl.arange(0, BLOCK_L)).to(tl.int64)
     m = pm[:, None] & (l < n_len)[None, :]
     v = _load(x_ptr, y_ptr, x_row[:, None] + l[None, :] * stride_l, m, OP, KIND)
-    tl.store(w_ptr + p * n_chunks + c, _total(v, 1, OP), mask=pm)
+    tl.store(w_ptr + p * n_chunks + c, _chunk_total(v, 1, True, OP, LSE_FAST), mask=pm)
 
 
 @triton.jit
@@ -280,7 +352,7 @@ def scan_chunk_scan(''' + _SIGNATURE + '''
     l = (c * BLOCK_L + tl.arange(0, BLOCK_L)).to(tl.int64)
     m = pm[:, None] & (l < n_len)[None, :]
     v = _load(x_ptr, y_ptr, x_row[:, None] + l[None, :] * stride_l, m, OP, KIND)
-    s = _comb(carry[:, None], _scan(v, 1, OP), OP)
+    s, _ = _step(carry, v, 1, True, OP, LSE_FAST)
     tl.store(y_ptr + out_row[:, None] + l[None, :] * inner, s.to(y_ptr.dtype.element_ty), mask=m)
 '''
 
@@ -551,8 +623,12 @@ class ScanFamily(OpFamily):
         def warps(tile: int) -> int:
             return max(1, min(16 if gpu else 8, _next_pow2(max(tile // 256, 1))))
 
+        lse = spec.op == LOGCUMSUMEXP
+
         def add(t: str, tile: int, nw: int | None, ns: int, **cfg: Any) -> None:
             if tile <= cap:
+                if lse:
+                    cfg.setdefault("LSE_FAST", 1)
                 out.append((t, dict(cfg, num_warps=nw or warps(tile), num_stages=ns)))
 
         def tile(bp: int, bl: int, nw: int | None = None, ns: int = 1) -> None:
@@ -561,9 +637,9 @@ class ScanFamily(OpFamily):
         def rows(bl: int, nw: int | None = None, ns: int = 1) -> None:
             add("rows", bl, nw, ns, BLOCK_L=max(bl, 16))
 
-        def chunked(bp: int, bl: int, bc: int = 64 if gpu else 8, nw: int | None = None) -> None:
+        def chunked(bp: int, bl: int, bc: int = 64 if gpu else 8, nw: int | None = None, rev: int = 1) -> None:
             if _cdiv(p, bp) <= _MAX_GRID_Y:
-                add("chunked", bp * max(bl, 16), nw, 1, BLOCK_P=bp, BLOCK_L=max(bl, 16), BLOCK_C=bc)
+                add("chunked", bp * max(bl, 16), nw, 1, BLOCK_P=bp, BLOCK_L=max(bl, 16), BLOCK_C=bc, REV=rev)
 
         bl0 = min(npow, 1024 if gpu else 64)
         bp0 = max(1, min(_next_pow2(p), cap // max(bl0, 16), 64))
@@ -584,6 +660,12 @@ class ScanFamily(OpFamily):
             cols(bpc, blc, ns=2)
         if n > long_l and few:
             chunked(1, lb)
+            chunked(1, lb, rev=0)
+            chunked(1, 2 * lb, nw=8)
+            if gpu:  # the scan step folds every earlier chunk total in one load (not 64 at a time)
+                fold = lambda bl: min(max(_next_pow2(_cdiv(n, bl)), 16), 1024)  # noqa: E731
+                chunked(1, lb, bc=fold(lb))
+                chunked(1, 2 * lb, nw=8, bc=fold(2 * lb))
         if n > long_l:
             rows(lb)
             for bl, nw, ns in ((lb, None, 2), (lb // 2, None, 2), (lb, 16 if gpu else 8, 1), (lb // 2, None, 1),
@@ -603,6 +685,8 @@ class ScanFamily(OpFamily):
             for bp, bl in ((1, lb), (1, lb // 2), (2, lb // 2), (4, lb // 4)):
                 if bl < 2 * npow:
                     chunked(bp, bl)
+        if lse:  # the pairwise combine everywhere, for the search to compare
+            out += [(t, dict(cfg, LSE_FAST=0)) for t, cfg in out[:3]]
         return unique_candidates(out, lambda t: TEMPLATES[t][1])
 
     def call_plan(self, spec: OpSpec, cand: Candidate) -> CallPlan:
@@ -622,6 +706,7 @@ class ScanFamily(OpFamily):
             ("n_lanes", g.lanes), ("n_len", g.length), ("inner", max(g.inner, 1)),
             ("stride_o", g.stride_o), ("stride_l", g.stride_l), ("stride_i", g.stride_i),
             ("OP", _OP_CODE[spec.op]), ("KIND", kind),
+            ("LSE_FAST", int(spec.op == LOGCUMSUMEXP and bool(cfg.get("LSE_FAST", 1)))),
         ]
         pre: tuple[Step, ...] = ()
         workspace: tuple[OutBuf, ...] = ()
@@ -646,7 +731,9 @@ class ScanFamily(OpFamily):
             grid = (0, 0) if empty else (chunks, lane_blocks)
             workspace = (OutBuf((max(g.lanes * chunks, 1),), _ACC_DTYPE[kind]),)
             ws_args = [("w_ptr", Ws(0)), ("n_chunks", chunks)]
-            pre = (Step("scan_chunk_reduce", grid, tuple(common + ws_args + [("BLOCK_P", bp), ("BLOCK_L", bl)]), nw, ns),)
+            pre = (Step("scan_chunk_reduce", grid,
+                        tuple(common + ws_args + [("BLOCK_P", bp), ("BLOCK_L", bl), ("REV", int(cfg.get("REV", 1)))]),
+                        nw, ns),)
             main = Step("scan_chunk_scan", grid,
                         tuple(common + ws_args + [("BLOCK_P", bp), ("BLOCK_L", bl), ("BLOCK_C", bc)]), nw, ns)
         if main.grid and main.grid[0] > _MAX_GRID_X:

@@ -656,7 +656,78 @@ def scatter_csr_reduce(
                  mask=mask)
 '''
 
-CSR_SOURCE = _HEADER + _COMMON + _CSR
+_CSR_FLAT = '''
+
+@triton.jit
+def _seg_sum(a, fa, b, fb):
+    \"\"\"Segmented-scan step: a run restarts where the flag (a run head) is set.\"\"\"
+    return tl.where(fb != 0, b, a + b), fa | fb
+
+
+@triton.jit
+def scatter_csr_flat(
+    x_ptr, perm_ptr, rowptr_ptr, src_ptr, out_ptr,
+    num_rows, num_cols, idx_cols,
+    stride_xn, stride_xd, stride_sm, stride_sk, stride_on, stride_od,
+    REDUCE: tl.constexpr, INCLUDE_SELF: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr, D_LOOP: tl.constexpr,
+):
+    \"\"\"CSR main step over flat entries (``FLAT``): one program = BLOCK_N output rows x one BLOCK_D
+    column slice. Its rows' entries are one contiguous range of the permutation; BLOCK_E of them at a
+    time gather their src rows in one go (all loads in flight together, not one row per row per
+    step), a segmented scan sums each row's run in fp32 and the run's last entry writes its row. A
+    run crossing a BLOCK_E boundary is carried. Rows nothing hits, and columns past idx_cols, copy
+    self; self is read once and the output written once.\"\"\"
+    n0 = tl.program_id(0).to(tl.int64) * BLOCK_N
+    n = n0 + tl.arange(0, BLOCK_N)
+    nm = n < num_rows
+    start = tl.load(rowptr_ptr + n, mask=nm, other=0)
+    end = tl.load(rowptr_ptr + n + 1, mask=nm, other=2147483647)  # rows past the end never end
+    cnt = tl.where(nm, end - start, 0)
+    e_lo = tl.load(rowptr_ptr + n0)
+    e_hi = tl.load(rowptr_ptr + tl.minimum(n0 + BLOCK_N, num_rows))
+    ei = tl.arange(0, BLOCK_E)''' + _D_RANGE + '''
+    for d0 in range(d_lo, d_hi, BLOCK_D):
+        d = (d0 + tl.arange(0, BLOCK_D)).to(tl.int64)
+        dm = d < num_cols
+        dk = d < idx_cols
+        keep = nm[:, None] & dm[None, :] & ((cnt == 0)[:, None] | ~dk[None, :])
+        xk = tl.load(x_ptr + n[:, None] * stride_xn + d[None, :] * stride_xd, mask=keep)
+        tl.store(out_ptr + n[:, None] * stride_on + d[None, :] * stride_od, xk, mask=keep)
+        carry = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for e0 in range(e_lo, e_hi, BLOCK_E):
+            e = e0 + ei
+            em = e < e_hi
+            before = end[None, :] <= e[:, None]  # [BLOCK_E, BLOCK_N]: rows whose run ended before e
+            rl = tl.sum(before.to(tl.int32), axis=1)  # e's row, local to the block
+            run_lo = tl.max(tl.where(before, end[None, :], e_lo), axis=1)
+            run_hi = tl.min(tl.where(before, 2147483647, end[None, :]), axis=1)
+            head = ((e == e0) | (e == run_lo)).to(tl.int32)
+            last = em & (e + 1 == run_hi)
+            mi = tl.load(perm_ptr + e, mask=em, other=0).to(tl.int64)
+            s = tl.load(src_ptr + mi[:, None] * stride_sm + d[None, :] * stride_sk,
+                        mask=em[:, None] & dk[None, :], other=0.0).to(tl.float32)
+            s = tl.where((ei == 0)[:, None], s + carry[None, :], s)
+            v, _ = tl.associative_scan((s, head[:, None] + (d[None, :] * 0).to(tl.int32)), 0, _seg_sum)
+            carry = tl.sum(tl.where((em & (ei == BLOCK_E - 1) & ~last)[:, None], v, 0.0), axis=0)
+            row = n0 + rl
+            wm = last[:, None] & dk[None, :]
+            xf = tl.load(x_ptr + row[:, None] * stride_xn + d[None, :] * stride_xd, mask=wm).to(tl.float32)
+            c = (run_hi - run_lo).to(tl.float32)[:, None]
+            if REDUCE == 2:
+                if INCLUDE_SELF:
+                    res = (xf + v) / (c + 1.0)
+                else:
+                    res = v / c
+            elif INCLUDE_SELF:
+                res = xf + v
+            else:
+                res = v
+            tl.store(out_ptr + row[:, None] * stride_on + d[None, :] * stride_od, res.to(out_ptr.dtype.element_ty),
+                     mask=wm)
+'''
+
+CSR_SOURCE = _HEADER + _COMMON + _CSR + _CSR_FLAT
 
 
 TEMPLATES: dict[str, tuple[str, str]] = {
@@ -1242,6 +1313,16 @@ class ScatterFamily(OpFamily):
             csr_out.append(("csr", dict(BLOCK_N=bn, BLOCK_D=bd, D_LOOP=dloop, SCAN=kind, SCAN_BLOCK=sblk,
                                         CSR_BLOCK_M=cbm, num_warps=nw or self._warps(bn * bd), num_stages=stages)))
 
+        def flat(bn: int, bd: int, spread: int = 1, dloop: bool = False, nw: int | None = None) -> None:
+            """csr with FLAT: BLOCK_E entries per step, ``spread`` x the block's mean hit count."""
+            be = max(16, min(_next_pow2(max(1, spread * bn * m // n)), 256))
+            if "csr" not in templates or be * bd > _MAX_TILE or bn * bd > _MAX_TILE or bn < 1:
+                return
+            kind, sblk = self._csr_scan(n, scan_kind)
+            csr_out.append(("csr", dict(FLAT=1, BLOCK_N=bn, BLOCK_E=be, BLOCK_D=bd, D_LOOP=dloop, SCAN=kind,
+                                        SCAN_BLOCK=sblk, CSR_BLOCK_M=cbm, num_warps=nw or self._warps(be * bd),
+                                        num_stages=1)))
+
         cbd = bd0
         cbn = max(1, min(_next_pow2(n), 4096 // cbd, 32))
         csr(cbn, cbd)
@@ -1254,6 +1335,11 @@ class ScatterFamily(OpFamily):
             csr(cbn, cbd // 2, dloop=True)
         csr(cbn, cbd, scan=3 - scan_kind)
         csr(cbn, cbd, stages=1, nw=max(1, self._warps(cbn * cbd) // 2))
+        # FLAT after the lockstep walk: on the uniform bench index it is slower (233-365 us against
+        # 185, H100), but a hot row's entries go BLOCK_E per step instead of one
+        if d > cbd // 2 and cbd >= 32:
+            flat(cbn, cbd // 2, dloop=True, nw=4)
+        flat(cbn, cbd)
 
         sbn = max(1, min(_next_pow2(n), 16))
         sbd = max(1, min(_next_pow2(d), 32))
@@ -1386,11 +1472,18 @@ class ScatterFamily(OpFamily):
                 + [("WRAP_NEG", g.wrap), ("CSR_BLOCK_M", cbm)]
             ), 4, 1)
             pre = (hist, *scans, fill)
-            main = Step("scatter_csr_reduce", (_cdiv(g.n, bn), 1 if dloop else nd), tuple(
+            flat = int(cfg.get("FLAT", 0))
+            blocks: list[tuple[str, Any]] = [("BLOCK_N", bn), ("BLOCK_D", bd)]
+            if flat:
+                be = int(cfg["BLOCK_E"])
+                if be < 16 or be & (be - 1):
+                    raise ValueError(f"BLOCK_E={be} is not a power of two >= 16")
+                blocks = [("BLOCK_N", bn), ("BLOCK_E", be), ("BLOCK_D", bd)]
+            main = Step("scatter_csr_flat" if flat else "scatter_csr_reduce", (_cdiv(g.n, bn), 1 if dloop else nd), tuple(
                 [("x_ptr", In(0)), ("perm_ptr", Ws(2)), ("rowptr_ptr", Ws(1)), ("src_ptr", In(2)), ("out_ptr", Out(0)),
                  ("num_rows", g.n), ("num_cols", g.d), ("idx_cols", g.k)] + x_strides
                 + [("stride_sm", g.src_s[0]), ("stride_sk", g.src_s[1])] + out_strides
-                + [("REDUCE", rc), ("INCLUDE_SELF", incl), ("BLOCK_N", bn), ("BLOCK_D", bd), ("D_LOOP", dloop)]
+                + [("REDUCE", rc), ("INCLUDE_SELF", incl)] + blocks + [("D_LOOP", dloop)]
             ), nw, ns)
         elif template == "scan":
             dot = bool(cfg["USE_DOT"])
