@@ -54,11 +54,13 @@ def template_cands(spec: OpSpec, pair: bool = False) -> dict[str, Candidate]:
     persist_l = 1 << (max(n, 2 * long_n) - 1).bit_length()  # tile_persist is one-shot: BLOCK_L >= every L
     small = {"tile_persist": dict(BLOCK_P=2, BLOCK_L=persist_l, PERSIST=1), "tile": dict(BLOCK_P=4, BLOCK_L=32), "split": dict(BLOCK_P=2, BLOCK_L=32, BLOCK_C=4),
              "cols": dict(BLOCK_P=16, BLOCK_L=4), "cols_split": dict(BLOCK_P=16, BLOCK_L=4, CHUNK_L=8, BLOCK_C=2)}
-    out = {t: with_cfg(c, **small[t]) for t, c in cands.items()}
+    out = {t: with_cfg(c, **small[t], TWO_PASS=True) for t, c in cands.items()}
     for t in TEMPLATES:
         if t not in out:
             out[t] = Candidate(TEMPLATES[t][1], tuple(sorted(dict(small[t], num_warps=4, num_stages=1,
                                                                  TWO_PASS=True).items())), template=t)
+    # the NaN-absorbing two-reduction structure (TWO_PASS=2) of every template, always
+    out.update({f"{t}-nanmax": with_cfg(c, TWO_PASS=2) for t, c in list(out.items())})
     if pair:
         out.update({f"{t}-pair": with_cfg(c, TWO_PASS=False) for t, c in list(out.items())})
     return out
@@ -214,7 +216,7 @@ def test_cols_split_candidates_and_plans() -> None:
     then one program per (lane block, outer); row reductions and wide-lane specs do not."""
     spec = make_spec(ARGMIN, (4096, 8192), 0, device=CUDA)
     cs = [c for c in FAM.candidates(spec) if c.template == "cols_split"]
-    assert len(cs) >= 4 and {c.cfg["TWO_PASS"] for c in cs} == {True, False}
+    assert len(cs) >= 4 and {c.cfg["TWO_PASS"] for c in cs} == {True, False, 2}
     for c in cs:
         cfg = c.cfg
         plan = FAM.call_plan(spec, c)
@@ -235,8 +237,9 @@ def test_tile_persist_candidates_and_kernels() -> None:
     over lane blocks); it refuses rows longer than BLOCK_L; on the interpreter: more lane blocks than
     programs (odd shapes, ties, NaN first, -0.0, keepdim) vs eager."""
     spec = make_spec(ARGMAX, (8192, 4096), 1, device=CUDA)
-    ps = [c for c in FAM.candidates(spec) if c.template == "tile_persist"]
-    assert len(ps) == 3 and all(FAM.call_plan(spec, c).grid[0] <= 4 * 132 for c in ps)
+    ps_all = [c for c in FAM.candidates(spec) if c.template == "tile_persist"]
+    ps = [c for c in ps_all if c.cfg["TWO_PASS"] != 2]
+    assert len(ps) == 3 and all(FAM.call_plan(spec, c).grid[0] <= 4 * 132 for c in ps_all)
     for shape, dim in (((8, 90000), 1), ((4096, 8192), 0), ((100, 8192), 1)):
         assert not any(c.template == "tile_persist" for c in FAM.candidates(make_spec(ARGMAX, shape, dim, device=CUDA)))
     with pytest.raises(ValueError, match="one-shot"):
@@ -252,8 +255,8 @@ def test_tile_persist_candidates_and_kernels() -> None:
         x = x.to(dt)
         for op in (ARGMAX, ARGMIN):
             spec = FAM.spec_for(op, x, dim, k % 2 == 0)
-            for bp, per in ((1, 1), (4, 2), (2, 8)):
-                cand = with_cfg(ps[0], BLOCK_P=bp, BLOCK_L=256, PERSIST=per)  # (CPU: PERSIST programs in all)
+            for bp, per, two in ((1, 1, True), (4, 2, 2), (2, 8, True)):
+                cand = with_cfg(ps[0], BLOCK_P=bp, BLOCK_L=256, PERSIST=per, TWO_PASS=two)  # (CPU: PERSIST programs in all)
                 assert FAM.call_plan(spec, cand).grid == (min(-(-FAM.geom(spec).lanes // bp), per),)
                 check(spec, cand, [x], f"{op} {list(shape)} {dim} {bp} {per}")
 

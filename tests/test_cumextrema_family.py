@@ -95,6 +95,10 @@ def template_cands(spec: OpSpec) -> dict[str, Candidate]:
     if "chunked" not in out:  # offered for long scans only; it serves any
         out["chunked"] = Candidate(TEMPLATES["chunked"][1], tuple(sorted(dict(small["chunked"], num_warps=4,
                                                                                 num_stages=1).items())), template="chunked")
+    for t in ("tile", "rows"):  # both scan structures: the pair scan and TWO_SCAN
+        if t in out:
+            out[t + "+two_scan"] = with_cfg(out[t], TWO_SCAN=1)
+            out[t] = with_cfg(out[t], TWO_SCAN=0)
     return out
 
 
@@ -403,6 +407,18 @@ _EDGE_SPECS = {
 _COMMON_EDGES = {"all_equal", "ties_and_steps", "descending", "one_element", "zero_d", "empty_scan", "no_lanes",
                  "long_rows", "dim0_strided", "middle_dim", "padded_rows"}
 _FLOAT_EDGES = {"nan_middle", "nan_first_last", "all_nan", "infinities", "signed_zeros"}
+
+
+def test_signed_zeros_bit_exact() -> None:
+    """-0.0 and 0.0 tie and the later one's sign is kept, bit for bit (``torch.equal`` calls them
+    equal, so compare the bits), by every template and both scan structures, over block carries."""
+    x = torch.tensor([-0.0, 0.0, -0.0, -1, 0.0, -0.0, 0.0, 0.0, -0.0] * 5)
+    for op in (CUMMAX, CUMMIN):
+        spec = FAM.spec_for(op, x, 0)
+        ev, ei = FAM.eager(spec, [x])
+        for t, c in template_cands(spec).items():
+            v, i = launch(load_module(c.source), FAM.call_plan(spec, c), [x])
+            assert torch.equal(v.view(torch.int32), ev.view(torch.int32)) and torch.equal(i, ei), (op, t)
 
 
 @pytest.mark.parametrize("key", list(_EDGE_SPECS))

@@ -99,11 +99,51 @@ def _pick_min(av, ai, bv, bi):
 
 
 @triton.jit
+def _max_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _min_nan(a, b):
+    return tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _vmax(a, b):
+    """NaN-absorbing max for fp64 (compare and select)."""
+    return tl.where((a > b) | (a != a), a, b)
+
+
+@triton.jit
+def _vmin(a, b):
+    return tl.where((a < b) | (a != a), a, b)
+
+
+@triton.jit
 def _best(v, idx, n_len, AXIS: tl.constexpr, MODE: tl.constexpr, KIND: tl.constexpr, TWO_PASS: tl.constexpr):
-    """The winning (value, index) along AXIS. TWO_PASS: the extremum with plain max/min (NaN set
-    aside), then the smallest index holding it (or the first NaN); else one tuple reduction with the
-    pair combine."""
-    if TWO_PASS:
+    """The winning (value, index) along AXIS. TWO_PASS=2: the extremum with NaN absorbing (one
+    NaN-propagating max/min: any NaN makes it NaN), then the smallest index holding it or holding a NaN
+    -- two reductions of one-op combines. TWO_PASS=1: plain max/min with NaN set aside, a NaN flag,
+    then the smallest index (three reductions); 0: one tuple reduction with the pair combine."""
+    if TWO_PASS == 2:
+        if KIND == 0:
+            if MODE == 0:
+                b = tl.reduce(v, AXIS, _max_nan)
+            else:
+                b = tl.reduce(v, AXIS, _min_nan)
+        elif KIND == 1:
+            if MODE == 0:
+                b = tl.reduce(v, AXIS, _vmax)
+            else:
+                b = tl.reduce(v, AXIS, _vmin)
+        elif MODE == 0:
+            b = tl.max(v, AXIS)
+        else:
+            b = tl.min(v, AXIS)
+        hit = (v == tl.expand_dims(b, AXIS)) | (v != v)
+        tv = b
+        ti = tl.min(tl.where(hit, idx, n_len), AXIS)
+    elif TWO_PASS:
         if KIND < 2:
             nan = v != v
             vv = tl.where(nan, _ident(v.shape, MODE, KIND), v)
@@ -528,6 +568,11 @@ class ArgReduceFamily(OpFamily):
         long_l = 4096 if gpu else 64
         out: list[tuple[str, dict[str, Any]]] = []
 
+        def done() -> list[Candidate]:
+            # the two one-op reductions (TWO_PASS=2) of the first four proposals, right after the default
+            twos = [(t, dict(cfg, TWO_PASS=2)) for t, cfg in out if "TWO_PASS" in cfg][:4]
+            return unique_candidates(out[:1] + twos + out[1:], lambda t: TEMPLATES[t][1])
+
         def warps(tile: int) -> int:
             return max(1, min(16 if gpu else 8, _next_pow2(max(tile // 512, 1))))
 
@@ -581,7 +626,7 @@ class ArgReduceFamily(OpFamily):
         tile(bp0, bl0)
         tile(bp0, bl0, two=False)  # the other combine structure: one tuple reduction
         if few and n > 16 * long_l:  # one huge row: tiles are one program; only the split plan scales
-            return unique_candidates(out, lambda t: TEMPLATES[t][1])
+            return done()
         tile(bp0, bl0, ns=2)
         if g.inner <= 1 and npow <= cap and _cdiv(p, bp0) >= 4 * _H100_SMS:  # many one-shot rows: persistent
             for nw, ns, per_sm in (((16, 2, 2), (8, 3, 4), (16, 3, 1)) if gpu else ((4, 1, 2),)):
@@ -602,7 +647,7 @@ class ArgReduceFamily(OpFamily):
                 if bl >= 16:
                     split(bp, bl)
             split(1, lb, two=False)
-        return unique_candidates(out, lambda t: TEMPLATES[t][1])
+        return done()
 
     def call_plan(self, spec: OpSpec, cand: Candidate) -> CallPlan:
         g = self.geom(spec)
@@ -611,7 +656,7 @@ class ArgReduceFamily(OpFamily):
         check_pow2(cfg)
         outputs = (OutBuf(self.out_shape(spec), "int64"),)
         nw, ns = int(cfg.get("num_warps", 4)), int(cfg.get("num_stages", 1))
-        two = bool(cfg.get("TWO_PASS", True))
+        two = int(cfg.get("TWO_PASS", True))
         mode = 0 if spec.op == ARGMAX else 1
         empty = g.lanes == 0
         common: list[tuple[str, Any]] = [

@@ -147,6 +147,39 @@ def _scan(v, idx, cv, ci, AXIS: tl.constexpr, MODE: tl.constexpr):
 
 
 @triton.jit
+def _vmax(a, b):
+    """max with NaN absorbing (any KIND: ints are never NaN)."""
+    return tl.where((a > b) | (a != a), a, b)
+
+
+@triton.jit
+def _vmin(a, b):
+    """min with NaN absorbing: cummin's NaN sticks too."""
+    return tl.where((a < b) | (a != a), a, b)
+
+
+@triton.jit
+def _imax(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _scan_two(l, m, v, cv, ci, AXIS: tl.constexpr, MODE: tl.constexpr):
+    """``_scan`` as two scans of one-op combines (``TWO_SCAN``) instead of one over (value, index)
+    pairs: the running extremum (NaN absorbing; a tie returns the later operand, so -0.0 / 0.0 keep
+    the later one's sign, as eager does), then the index as the running max of the positions where
+    the pair was replaced -- where the element equals the running extremum (ties take the later
+    index) or is NaN (a later NaN takes over)."""
+    if MODE == 0:
+        sv = _vmax(cv, tl.associative_scan(v, AXIS, _vmax))
+    else:
+        sv = _vmin(cv, tl.associative_scan(v, AXIS, _vmin))
+    hit = m & ((v == sv) | (v != v))
+    si = tl.maximum(ci, tl.associative_scan(tl.where(hit, l, -1), AXIS, _imax))
+    return sv, si
+
+
+@triton.jit
 def _total(v, idx, AXIS: tl.constexpr, MODE: tl.constexpr):
     \"\"\"The winning pair along AXIS (what a scan would end with, in any reduction order).\"\"\"
     if MODE == 0:
@@ -188,7 +221,7 @@ TILE_SOURCE = _HEADER + _COMMON + '''
 
 @triton.jit
 def cum_tile(''' + _SIGNATURE + '''
-    BLOCK_P: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_L: tl.constexpr, TWO_SCAN: tl.constexpr,
 ):
     \"\"\"One program = BLOCK_P lanes, walking the scan in [BLOCK_P, BLOCK_L] tiles with a carry per lane.\"\"\"
     p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
@@ -202,7 +235,10 @@ def cum_tile(''' + _SIGNATURE + '''
         l = l0 + ll
         m = pm[:, None] & (l < n_len)[None, :]
         v, idx = _load(x_ptr, x_row[:, None], l[None, :], m, stride_l, MODE, KIND)
-        sv, si = _scan(v, idx, cv, ci, 1, MODE)
+        if TWO_SCAN:
+            sv, si = _scan_two(l[None, :], m, v, cv, ci, 1, MODE)
+        else:
+            sv, si = _scan(v, idx, cv, ci, 1, MODE)
         cv, ci = _last(sv, si, last, 1)
         _store(v_ptr, i_ptr, out_row[:, None] + l.to(tl.int64)[None, :] * inner, sv, si, m, WRITE_V, WRITE_I)
 '''
@@ -211,7 +247,7 @@ ROWS_SOURCE = _HEADER + _COMMON + '''
 
 @triton.jit
 def cum_rows(''' + _SIGNATURE + '''
-    BLOCK_L: tl.constexpr,
+    BLOCK_L: tl.constexpr, TWO_SCAN: tl.constexpr,
 ):
     \"\"\"One program = one lane, walking the scan BLOCK_L at a time with a scalar carry.\"\"\"
     p = tl.program_id(0).to(tl.int64)
@@ -224,7 +260,10 @@ def cum_rows(''' + _SIGNATURE + '''
         l = l0 + ll
         m = l < n_len
         v, idx = _load(x_ptr, x_row, l, m, stride_l, MODE, KIND)
-        sv, si = _scan(v, idx, cv, ci, 0, MODE)
+        if TWO_SCAN:
+            sv, si = _scan_two(l, m, v, cv, ci, 0, MODE)
+        else:
+            sv, si = _scan(v, idx, cv, ci, 0, MODE)
         cv, ci = _last(sv, si, last, 0)
         _store(v_ptr, i_ptr, out_row + l.to(tl.int64) * inner, sv, si, m, WRITE_V, WRITE_I)
 '''
@@ -684,6 +723,9 @@ class CumExtremaFamily(OpFamily):
                     chunked(bp, bl)
             chunked(1, min(lb, npow), bc=64 if gpu else 8)
 
+        # the two one-op scans beside the pair scan, for the first few tile / rows proposals
+        two = [(t, dict(cfg, TWO_SCAN=1)) for t, cfg in out if t in ("tile", "rows")][:4]
+        out = out[:1] + two + out[1:]
         return unique_candidates(out, lambda t: TEMPLATES[t][1])
 
     def call_plan(self, spec: OpSpec, cand: Candidate) -> CallPlan:
@@ -710,12 +752,14 @@ class CumExtremaFamily(OpFamily):
         ]
         pre: tuple[Step, ...] = ()
         workspace: tuple[OutBuf, ...] = ()
+        two = bool(cfg.get("TWO_SCAN", 0))
         if template == "tile":
             bp, bl = int(cfg["BLOCK_P"]), int(cfg["BLOCK_L"])
             main = Step("cum_tile", (0 if empty else _cdiv(g.lanes, bp),),
-                        tuple(common + [("BLOCK_P", bp), ("BLOCK_L", bl)]), nw, ns)
+                        tuple(common + [("BLOCK_P", bp), ("BLOCK_L", bl), ("TWO_SCAN", two)]), nw, ns)
         elif template == "rows":
-            main = Step("cum_rows", (0 if empty else g.lanes,), tuple(common + [("BLOCK_L", int(cfg["BLOCK_L"]))]), nw, ns)
+            main = Step("cum_rows", (0 if empty else g.lanes,),
+                        tuple(common + [("BLOCK_L", int(cfg["BLOCK_L"])), ("TWO_SCAN", two)]), nw, ns)
         else:
             bp, bl, bc = int(cfg["BLOCK_P"]), int(cfg["BLOCK_L"]), int(cfg["BLOCK_C"])
             chunks = _cdiv(g.length, bl)
