@@ -50,7 +50,7 @@ from .cumextrema import Geom, geometry
 from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2, template_of, check_pow2
 from .util import meta_val, node_kwargs, unique_candidates
 from .util import strided as _strided
-from .util import EXTREMUM_IDENT_SOURCE, norm_dim, one_dim
+from .util import EXTREMUM_IDENT_SOURCE, NAN_ABSORB_SOURCE, NAN_PROPAGATE_SOURCE, norm_dim, one_dim
 
 log = logging.getLogger("torch_kevolve")
 
@@ -97,27 +97,8 @@ def _pick_max(av, ai, bv, bi):
 def _pick_min(av, ai, bv, bi):
     return _pick(av, ai, bv, bi, 1)
 
-
-@triton.jit
-def _max_nan(a, b):
-    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
-
-
-@triton.jit
-def _min_nan(a, b):
-    return tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)
-
-
-@triton.jit
-def _vmax(a, b):
-    """NaN-absorbing max for fp64 (compare and select)."""
-    return tl.where((a > b) | (a != a), a, b)
-
-
-@triton.jit
-def _vmin(a, b):
-    return tl.where((a < b) | (a != a), a, b)
-
+''' + NAN_PROPAGATE_SOURCE + '''
+''' + NAN_ABSORB_SOURCE + '''
 
 @triton.jit
 def _best(v, idx, n_len, AXIS: tl.constexpr, MODE: tl.constexpr, KIND: tl.constexpr, TWO_PASS: tl.constexpr):

@@ -59,7 +59,7 @@ from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, n
 from .util import unique_candidates
 from .util import meta_val, node_kwargs
 from .util import strided as _strided
-from .util import EXTREMUM_IDENT_SOURCE, RowGeom, norm_dim, split_at
+from .util import EXTREMUM_IDENT_SOURCE, NAN_ABSORB_SOURCE, RowGeom, norm_dim, split_at
 
 log = logging.getLogger("torch_kevolve")
 
@@ -145,18 +145,7 @@ def _scan(v, idx, cv, ci, AXIS: tl.constexpr, MODE: tl.constexpr):
         sv, si = _min_pair(cv, ci, sv, si)
     return sv, si
 
-
-@triton.jit
-def _vmax(a, b):
-    """max with NaN absorbing (any KIND: ints are never NaN)."""
-    return tl.where((a > b) | (a != a), a, b)
-
-
-@triton.jit
-def _vmin(a, b):
-    """min with NaN absorbing: cummin's NaN sticks too."""
-    return tl.where((a < b) | (a != a), a, b)
-
+''' + NAN_ABSORB_SOURCE + '''
 
 @triton.jit
 def _imax(a, b):

@@ -200,13 +200,15 @@ _SIGNATURE = '''
     stride_xn, stride_xd, stride_im, stride_ik, stride_sm, stride_sk, stride_on, stride_od,
     REDUCE: tl.constexpr, ROW_INDEX: tl.constexpr, WRAP_NEG: tl.constexpr,'''
 
-_SCATTER = '''
-
+_SEG_SUM = '''
 @triton.jit
 def _seg_sum(a, fa, b, fb):
     \"\"\"Segmented-scan step: a run restarts where the flag (a run head) is set.\"\"\"
     return tl.where(fb != 0, b, a + b), fa | fb
+'''
 
+_SCATTER = '''
+''' + _SEG_SUM + '''
 
 @triton.jit
 def _seg_max(a, fa, b, fb):
@@ -532,6 +534,13 @@ def scatter_scan(''' + _SIGNATURE + '''
              mask=nm[:, None] & dm[None, :])
 '''
 
+_CSR_MAIN_SIGNATURE = '''
+    x_ptr, perm_ptr, rowptr_ptr, src_ptr, out_ptr,
+    num_rows, num_cols, idx_cols,
+    stride_xn, stride_xd, stride_sm, stride_sk, stride_on, stride_od,
+    REDUCE: tl.constexpr, INCLUDE_SELF: tl.constexpr,
+'''  # both csr main kernels (lockstep walk, FLAT)
+
 _CSR = '''
 
 @triton.jit
@@ -611,12 +620,7 @@ def scatter_csr_fill(
 
 
 @triton.jit
-def scatter_csr_reduce(
-    x_ptr, perm_ptr, rowptr_ptr, src_ptr, out_ptr,
-    num_rows, num_cols, idx_cols,
-    stride_xn, stride_xd, stride_sm, stride_sk, stride_on, stride_od,
-    REDUCE: tl.constexpr, INCLUDE_SELF: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D_LOOP: tl.constexpr,
+def scatter_csr_reduce(''' + _CSR_MAIN_SIGNATURE + '''    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D_LOOP: tl.constexpr,
 ):
     \"\"\"CSR main step, atomic-free: one program = BLOCK_N output rows x one BLOCK_D column slice
     (D_LOOP: all columns). Rows advance in lockstep over their CSR ranges (as long as the block's
@@ -657,20 +661,10 @@ def scatter_csr_reduce(
 '''
 
 _CSR_FLAT = '''
+''' + _SEG_SUM + '''
 
 @triton.jit
-def _seg_sum(a, fa, b, fb):
-    \"\"\"Segmented-scan step: a run restarts where the flag (a run head) is set.\"\"\"
-    return tl.where(fb != 0, b, a + b), fa | fb
-
-
-@triton.jit
-def scatter_csr_flat(
-    x_ptr, perm_ptr, rowptr_ptr, src_ptr, out_ptr,
-    num_rows, num_cols, idx_cols,
-    stride_xn, stride_xd, stride_sm, stride_sk, stride_on, stride_od,
-    REDUCE: tl.constexpr, INCLUDE_SELF: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr, D_LOOP: tl.constexpr,
+def scatter_csr_flat(''' + _CSR_MAIN_SIGNATURE + '''    BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr, D_LOOP: tl.constexpr,
 ):
     \"\"\"CSR main step over flat entries (``FLAT``): one program = BLOCK_N output rows x one BLOCK_D
     column slice. Its rows' entries are one contiguous range of the permutation; BLOCK_E of them at a

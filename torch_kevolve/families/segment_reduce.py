@@ -73,7 +73,7 @@ from ..spec import DeviceSig, OpSpec, TensorSig, software_versions
 from . import register
 from .base import CallPlan, Candidate, In, Match, OpFamily, Out, OutBuf, Skip, Step, Ws
 from .util import all_int as _all_int, cdiv as _cdiv, elem_size as _elem_size, next_pow2 as _next_pow2
-from .util import check_pow2, meta_val, node_kwargs, template_of
+from .util import NAN_PROPAGATE_SOURCE, check_pow2, meta_val, node_kwargs, template_of
 from .util import strided as _strided
 
 _OP = "aten.segment_reduce.default"
@@ -120,16 +120,7 @@ def _identity(REDUCE: tl.constexpr):
         v = 0.0
     return v
 
-
-@triton.jit
-def _max_nan(a, b):
-    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
-
-
-@triton.jit
-def _min_nan(a, b):
-    return tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)
-
+''' + NAN_PROPAGATE_SOURCE + '''
 
 @triton.jit
 def _combine(a, b, REDUCE: tl.constexpr):

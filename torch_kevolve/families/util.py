@@ -182,3 +182,32 @@ def _ident(shape, MODE: tl.constexpr, KIND: tl.constexpr):
             t = tl.full(shape, 9223372036854775807, tl.int64)
     return t
 '''
+
+
+# NaN-propagating max/min (max.NaN.f32 on the GPU). kernels.py gives reductions with these combine
+# names an interpreter fast path (np.max / np.min).
+NAN_PROPAGATE_SOURCE = '''
+@triton.jit
+def _max_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _min_nan(a, b):
+    return tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)
+'''
+
+# NaN-absorbing max/min by compare and select: any dtype (ints are never NaN; no max.NaN for fp64). A
+# tie returns b, the later operand of a scan's combine.
+NAN_ABSORB_SOURCE = '''
+@triton.jit
+def _vmax(a, b):
+    \"\"\"max with NaN absorbing, by compare and select (any dtype); a tie returns b, the later operand.\"\"\"
+    return tl.where((a > b) | (a != a), a, b)
+
+
+@triton.jit
+def _vmin(a, b):
+    \"\"\"min with NaN absorbing, by compare and select; a tie returns b.\"\"\"
+    return tl.where((a < b) | (a != a), a, b)
+'''
