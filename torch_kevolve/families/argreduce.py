@@ -22,8 +22,10 @@ Templates:
   one-shot (persistent) reduction.
 * ``cols``: a reduction over a non-last dim (``I > 1``): program (``BLOCK_P`` inner indices, outer
   index) walks ``[BLOCK_L, BLOCK_P]`` tiles with the lanes on the contiguous axis (coalesced rows).
-* all reduce a tile either in two passes (``TWO_PASS``: plain max/min with NaN set aside, then the
-  smallest index holding it) or as one tuple reduction with the pair combine (a structural knob).
+* all reduce a tile one of three ways (``TWO_PASS``, a structural knob): 2 -- a NaN-absorbing max/min
+  (``max.NaN``; fp64 by compare and select), then the smallest index holding it or a NaN (two one-op
+  reductions); 1 -- plain max/min with NaN set aside, a NaN flag, then the smallest index; 0 -- one
+  tuple reduction with the pair combine.
 * ``split`` (two launches): ``(chunk, lane block)`` programs reduce their ``BLOCK_L`` chunk into a
   workspace (``pre`` step), then one program per lane block folds the chunk winners ``BLOCK_C`` at a
   time. For long rows over few lanes and the flat (``dim=None``) reduction.

@@ -37,6 +37,10 @@ Templates (every plan writes every element of its outputs once):
   the next carry is the scan's last column (``tl.gather``: a masked tail holds identities, which never
   win). Short rows (many lanes per program) and strided scan dims.
 * ``rows``: one program per lane, 1-D ``BLOCK_L`` blocks with a scalar carry: long rows, many lanes.
+* ``TWO_SCAN`` (tile, rows): two scans of one-op combines instead of the pair scan -- the running
+  extremum (NaN absorbing; a tie returns the later operand, so the -0.0/0.0 sign is the later one's),
+  then the index as the running max of the positions where the element equals the running extremum or
+  is NaN (where the pair would have been replaced). Same answer bit for bit, fewer instructions.
 * ``chunked`` (three launches, reduce-then-scan): long rows with too few lanes to fill the device (the
   case Inductor falls back on). ``(chunk, lane block)`` programs reduce their ``BLOCK_L`` chunk into a
   workspace; one program per lane block scans the chunk totals in place (``BLOCK_C`` at a time); then

@@ -34,6 +34,13 @@ Templates (every plan writes every output element once):
   their chunk into a workspace (``pre`` step); then ``(chunk, lane block)`` programs fold the totals of
   the chunks before theirs (``BLOCK_C`` at a time) and scan their chunk seeded with it. Spreads one
   long row over many programs (few lanes); input read twice.
+
+Knobs beyond block shapes: ``LSE_FAST`` (logcumsumexp; every template): a chunk is computed against its
+lane's max ``m`` and the carry ``c`` as ``top + log(exp(c - top) + cumsum(exp(v - m)) * exp(m - top))``
+(``top = max(c, m)``) -- one exp and one log per element instead of per combine step; a chunk with NaN,
++inf, a spread over 64 below its max, or after a NaN/+inf carry takes the pairwise combine.
+``REV`` (chunked): the reduce pass walks (lane block, chunk) backwards so the scan pass finds its first
+chunks in L2; ``BLOCK_C`` up to 1024 folds every earlier chunk total in one load.
 """
 from __future__ import annotations
 

@@ -93,7 +93,10 @@ they match the float64 reference within the family tolerance, not bit for bit. S
 (segmented) kernels that trust the input order are not offered: sortedness is a property of the
 values, not of the spec, and a plan cannot cheaply check it before choosing (``csr`` sorts instead).
 Knobs of ``csr``: ``BLOCK_N``, ``BLOCK_D``, ``D_LOOP``, ``SCAN`` / ``SCAN_BLOCK``, ``CSR_BLOCK_M`` (indices
-per histogram / fill program), warps and stages.
+per histogram / fill program), warps and stages; ``FLAT`` with ``BLOCK_E``: the main step gathers BLOCK_E
+of its rows' sorted entries at once and sums each row's run with a segmented scan (a hot row goes
+BLOCK_E entries per step, not one); slower than the lockstep walk on a uniform index (H100:
+233-509 us against 185), so offered after it.
 """
 from __future__ import annotations
 
