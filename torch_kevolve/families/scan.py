@@ -199,6 +199,12 @@ def _lse_guard(v, AXIS: tl.constexpr, EXPAND: tl.constexpr):
 
 
 @triton.jit
+def _pairwise(carry, v, AXIS: tl.constexpr, EXPAND: tl.constexpr, OP: tl.constexpr):
+    """(the chunk's inclusive scan seeded with ``carry``, the new carry) by the op's own combine."""
+    return _comb(_bc(carry, AXIS, EXPAND), _scan(v, AXIS, OP), OP), _comb(carry, _total(v, AXIS, OP), OP)
+
+
+@triton.jit
 def _step(carry, v, AXIS: tl.constexpr, EXPAND: tl.constexpr, OP: tl.constexpr, LSE_FAST: tl.constexpr):
     """One chunk: (its inclusive scan seeded with ``carry``, the new carry).
 
@@ -218,11 +224,9 @@ def _step(carry, v, AXIS: tl.constexpr, EXPAND: tl.constexpr, OP: tl.constexpr, 
             s = _bc(top, AXIS, EXPAND) + tl.log(_bc(a, AXIS, EXPAND) + tl.cumsum(e, AXIS) * _bc(b, AXIS, EXPAND))
             new = top + tl.log(a + tl.sum(e, AXIS) * b)
         else:
-            s = _lse(_bc(carry, AXIS, EXPAND), tl.associative_scan(v, AXIS, _lse))
-            new = _lse(carry, tl.reduce(v, AXIS, _lse))
+            s, new = _pairwise(carry, v, AXIS, EXPAND, OP)
     else:
-        s = _comb(_bc(carry, AXIS, EXPAND), _scan(v, AXIS, OP), OP)
-        new = _comb(carry, _total(v, AXIS, OP), OP)
+        s, new = _pairwise(carry, v, AXIS, EXPAND, OP)
     return s, new
 
 
@@ -235,7 +239,7 @@ def _chunk_total(v, AXIS: tl.constexpr, EXPAND: tl.constexpr, OP: tl.constexpr, 
             ms = tl.where(m == float("-inf"), 0.0, m)
             t = ms + tl.log(tl.sum(tl.exp(v - _bc(ms, AXIS, EXPAND)), AXIS))
         else:
-            t = tl.reduce(v, AXIS, _lse)
+            t = _total(v, AXIS, OP)
     else:
         t = _total(v, AXIS, OP)
     return t
