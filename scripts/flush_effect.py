@@ -26,6 +26,35 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+
+@triton.jit
+def _copy(x_ptr, y_ptr, n, BLOCK: tl.constexpr, EVICT: tl.constexpr, CS: tl.constexpr):
+    off = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = off < n
+    if EVICT:
+        x = tl.load(x_ptr + off, mask=m, eviction_policy="evict_first")
+    else:
+        x = tl.load(x_ptr + off, mask=m)
+    if CS:
+        tl.store(y_ptr + off, x, mask=m, cache_modifier=".cs")
+    else:
+        tl.store(y_ptr + off, x, mask=m)
+
+
+def triton_copies(src: torch.Tensor, dst: torch.Tensor) -> list:
+    """A Triton copy of ``src`` (uint8, viewed as int32) into ``dst``, once per L2 hint: does a streaming
+    load (``evict_first``) or store (``.cs``) leave do_bench's dirty lines in L2 instead of paying for
+    their write-back inside the timed call?"""
+    x, y = src.view(torch.int32), dst.view(torch.int32)
+    n, block = x.numel(), 4096
+    grid = (triton.cdiv(n, block),)
+    out = []
+    for name, ev, cs in (("plain", 0, 0), ("evict_first", 1, 0), ("store .cs", 0, 1), ("evict_first + .cs", 1, 1)):
+        out.append((name, lambda ev=ev, cs=cs: _copy[grid](x, y, n, BLOCK=block, EVICT=ev, CS=cs, num_warps=8)))
+    return out
 
 
 def main() -> int:
@@ -33,6 +62,9 @@ def main() -> int:
     ap.add_argument("--sizes-mb", default="16,32,64,128,256,512,1024")
     ap.add_argument("--cases", default="")
     ap.add_argument("--json", default="")
+    ap.add_argument("--triton-copy", action="store_true",
+                    help="also a Triton copy kernel per size with each L2 hint: the load's eviction policy "
+                         "and the store's cache modifier")
     a = ap.parse_args()
     os.environ.setdefault("KEVOLVE_MODE", "cache")
     os.environ.setdefault("KEVOLVE_CACHE_DIR", tempfile.mkdtemp(prefix="kevolve-flush-"))
@@ -72,6 +104,9 @@ def main() -> int:
         src = torch.empty(n, dtype=torch.uint8, device="cuda")
         dst = torch.empty_like(src)
         row(f"copy {mb} MB moved", 2 * n, lambda: dst.copy_(src))
+        if a.triton_copy:
+            for name, fn in triton_copies(src, dst):
+                row(f"triton copy {mb} MB {name}", 2 * n, fn)
         del src, dst
     wanted = set(filter(None, a.cases.split(",")))
     for case in CASES:

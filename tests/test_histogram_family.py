@@ -51,6 +51,7 @@ def small_cands(spec: OpSpec) -> dict[str, Candidate]:
     """One candidate per template from the CUDA candidate space (every template offered where it fits)
     with interpreter-sized blocks: several programs, several tiles per program."""
     cands = firsts(FAM.candidates(dataclasses.replace(spec, device=CUDA)))
+    cands.pop("shared", None)  # PTX: the interpreter cannot run it (test_shared_bins_on_gpu, sm_90 compile test)
     small = {"private": dict(BLOCK=64, PROGRAMS=3), "atomic": dict(BLOCK=128),
              "twopass": dict(BLOCK=64, PROGRAMS=3, RB=8, PCHUNK=2)}
     out = {t: with_cfg(c, **small[t]) for t, c in cands.items()}
@@ -97,7 +98,7 @@ def check(spec: OpSpec, cand: Candidate, inputs: list, what: str = "") -> None:
 
 def test_registered() -> None:
     assert family_for_op(HISTC) is FAM and family_for_op(BINCOUNT) is FAM
-    assert FAM.lowered_ops == () and set(TEMPLATES) == {"private", "atomic", "twopass"}
+    assert FAM.lowered_ops == () and set(TEMPLATES) == {"private", "atomic", "twopass", "shared"}
     from torch_kevolve.harness.static_check import check_source
 
     assert all(check_source(src).ok for _, src in TEMPLATES.values())  # what the harness runs first
@@ -170,19 +171,36 @@ def test_floor_bytes() -> None:
 def test_candidates_and_plans() -> None:
     big = dataclasses.replace(bincount_spec(1 << 24, 1000, a=1000), device=CUDA)
     cands = FAM.candidates(big)
-    assert cands[0].template == "private" and {c.template for c in cands} == {"private", "atomic", "twopass"}
+    assert cands[0].template == "shared" and {c.template for c in cands} == {"shared", "private", "atomic", "twopass"}
+    assert "shared" not in {c.template for c in FAM.candidates(bincount_spec(1 << 24, 1000, a=1000))}  # CPU
     assert any(c.cfg["PROGRAMS"] == 0 for c in cands if c.template == "private")  # one-shot grid offered
     assert any(c.cfg["PROGRAMS"] > 0 for c in cands if c.template == "private")  # persistent grid offered
     many = dataclasses.replace(bincount_spec(1 << 20, 100_000, a=100_000), device=CUDA)
     assert {c.template for c in FAM.candidates(many)} == {"atomic"}  # too many bins to privatize
     wmany = dataclasses.replace(bincount_spec(1 << 20, 1000, w=F32, a=1000), device=CUDA)
-    assert FAM.candidates(wmany)[0].template == "atomic"  # weighted one-hot sums: <= 256 bins
+    assert [c.template for c in FAM.candidates(wmany)][:11] == ["shared"] * 10 + ["atomic"]  # one-hot: <= 256 bins
+    # shared bins: 4 bytes a bin (u32 counts, f32 sums), 8 for f64 sums, 32 KB at most
+    w64 = dataclasses.replace(bincount_spec(1 << 20, 4096, w=F16, a=4096), device=CUDA)
+    assert "shared" in {c.template for c in FAM.candidates(w64)}
+    w64big = dataclasses.replace(bincount_spec(1 << 20, 4097, w=F16, a=4097), device=CUDA)
+    assert "shared" not in {c.template for c in FAM.candidates(w64big)}
+    assert "shared" in {c.template for c in FAM.candidates(dataclasses.replace(w64big, args=(w64big.args[0], None)))}
+    sh = next(c for c in cands if c.template == "shared")
+    plan = FAM.call_plan(big, sh)
+    assert plan.kernel == "hist_shared" and dict(plan.args)["SMEM"] == 4096 and plan.outputs[0].fill == 0
+    assert dict(FAM.call_plan(w64, sh).args)["SMEM"] == 8 * 4096
+    with pytest.raises(ValueError, match="CUDA only"):
+        FAM.call_plan(bincount_spec(1 << 24, 1000, a=1000), sh)
+    with pytest.raises(ValueError, match="2 elements per thread"):
+        FAM.call_plan(big, with_cfg(sh, BLOCK=128, num_warps=4))
+    with pytest.raises(ValueError, match="shared memory"):
+        FAM.call_plan(w64big, sh)
     for spec in (big, many, wmany, dataclasses.replace(histc_spec(1 << 20, 100, 0, 0), device=CUDA)):
         for c in FAM.candidates(spec):
             plan = FAM.call_plan(spec, c)
             assert plan.outputs[0].shape == (FAM.nbins(spec),)
             assert (plan.outputs[0].fill is None) == (c.template == "twopass")
-            if c.template == "private":
+            if c.template in ("private", "shared"):
                 tiles = math.ceil(FAM.numel(spec) / c.cfg["BLOCK"])
                 assert plan.grid[0] == min(c.cfg["PROGRAMS"] or tiles, tiles)  # never an idle program
             if spec.op == HISTC and spec.const("data_range"):
@@ -295,6 +313,28 @@ def test_edges_land_as_torch_says() -> None:
     assert out.tolist() == [1.0] + [0.0] * 6 + [1.0]  # only lo and hi count
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="shared-memory bins are PTX: CUDA only")
+def test_shared_bins_on_gpu() -> None:
+    """The ``shared`` template (the interpreter cannot run it) against eager on the GPU: every kernel test
+    spec and edge case above, at its first config and with tiles as small as it allows (several tiles
+    per program, a partial last tile). Run on the device: ``python -m pytest tests/test_histogram_family.py -k gpu``."""
+    cuda = DeviceSig.of(torch.device("cuda"))
+    specs = [histc_spec(*h) for h in _HISTC] + [bincount_spec(*b) for b in _BINCOUNT]
+    specs += [f() for f in _EDGE_SPECS.values()]
+    checked = 0
+    for spec in specs:
+        spec = dataclasses.replace(spec, device=cuda)
+        first = next(c for c in FAM.candidates(spec) if c.template == "shared")
+        cases = [("inputs", spec, [None if t is None else t.cuda() for t in FAM.make_inputs(spec, 1)])]
+        cases += [(n, dataclasses.replace(s, device=cuda), [None if t is None else t.cuda() for t in i])
+                  for n, s, i in FAM.edge_cases(spec)]
+        for name, cspec, inputs in cases:
+            for cand in (first, with_cfg(first, BLOCK=256, PROGRAMS=3, num_warps=4)):
+                check(cspec, cand, inputs, f"{spec.describe()} {name}")
+                checked += 1
+    assert checked > 100
+
+
 # ------------------------------------------------------------------------------------------------
 # GPU compilation without a GPU
 # ------------------------------------------------------------------------------------------------
@@ -328,8 +368,13 @@ expect = 0
 for spec, cand, plan, compiled in each_plan(fam, specs, pick):
     expect += len(plan.steps)
     for k, c in compiled.items():
-        ieee = "div.rn.f32" in c.asm["ptx"] and "div.full.f32" not in c.asm["ptx"]
-        print("OK", spec.op, spec.args[0].dtype, cand.template, k, "ieee" if ieee else "-",
+        ptx = c.asm["ptx"]
+        ieee = "div.rn.f32" in ptx and "div.full.f32" not in ptx
+        # shared bins: shared atomics per thread (each element once: no replicated tile), declarations
+        smem = "red%d/%d/decl%d" % (ptx.count("red.shared.add"),
+                                     cand.cfg["BLOCK"] // (32 * cand.cfg["num_warps"]),
+                                     ptx.count(".shared .align 16 .b8 kv_hist_smem"))
+        print("OK", spec.op, spec.args[0].dtype, cand.template, k, "ieee" if ieee else "-", smem,
               resources(c.asm["cubin"]), dict(cand.config))
 print("EXPECT", expect)
 """
@@ -342,7 +387,12 @@ def test_kernels_compile_for_sm90(tmp_path) -> None:
     interpreter-only for the process."""
     stdout, lines = run_sm90(_SM90_SCRIPT, tmp_path)
     kernels = {ln.split()[4] for ln in lines}
-    assert kernels == {"hist_private", "hist_atomic", "hist_partial", "hist_reduce", "hist_minmax"}, stdout
+    assert kernels == {"hist_private", "hist_atomic", "hist_partial", "hist_reduce", "hist_minmax", "hist_shared"}, stdout
+    shared = [ln.split() for ln in lines if ln.split()[4] == "hist_shared"]
+    assert len(shared) >= 8, stdout
+    for f in shared:
+        red, per, decl = f[6].split("/")
+        assert red == f"red{per}" and decl == "decl1", " ".join(f)
     assert f"EXPECT {len(lines)}" in stdout, stdout  # every step of every plan compiled
     fp32_bins = [ln for ln in lines if "histc" in ln and "float32" in ln and ln.split()[4] != "hist_reduce"]
     assert fp32_bins and all(ln.split()[5] == "ieee" for ln in fp32_bins), stdout

@@ -56,3 +56,27 @@ def test_nan_propagating_reductions_match_torch_and_the_generic_path(axis: int) 
     torch.testing.assert_close(outs[1], x.amin(axis), equal_nan=True, rtol=0, atol=0)
     torch.testing.assert_close(outs[0], outs[2], equal_nan=True, rtol=0, atol=0)  # fast path == element-wise
     assert bool(outs[0].isnan().any())
+
+
+def test_template_sources_have_no_backslash() -> None:
+    """Inductor's user-defined-kernel path embeds a kernel's source in a triple-quoted string literal
+    (``async_compile.triton(name, '''...''')``), so every escape in the source is interpreted once: an
+    asm string written with ``\\n`` became a real newline, an unterminated string, and the compiled graph
+    failed to load (H100, the histogram ``shared`` template's first version). Kernel sources therefore
+    carry no backslash at all (PTX takes ``;``-separated instructions on one line)."""
+    import importlib
+
+    from torch_kevolve import families
+
+    seen = 0
+    for fam in families.all_families():
+        mod = importlib.import_module(type(fam).__module__)
+        for name, val in vars(mod).items():
+            srcs = [val] if name.endswith("_SOURCE") and isinstance(val, str) else []
+            if name == "TEMPLATES" and isinstance(val, dict):
+                srcs += [v[-1] for v in val.values() if isinstance(v, tuple) and isinstance(v[-1], str)]
+            for src in srcs:
+                seen += 1
+                bad = [ln for ln in src.splitlines() if "\\" in ln]
+                assert not bad, f"{fam.name} {name}: {bad[:3]}"
+    assert seen > 30

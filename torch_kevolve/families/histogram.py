@@ -31,6 +31,12 @@ Templates (every plan's steps handle the empty input; output zero-filled unless 
   sized to the SMs, or 0 for one tile per program), keeps a private ``NB``-bin histogram in registers
   (``tl.histogram``; weighted, or ``ONEHOT`` counts for <= 64 bins: ``[BLOCK, NB]`` one-hot masked
   sums), then one atomic add per non-empty bin.
+* ``shared``: a bin array in shared memory per program (persistent grid), one shared atomic per counted
+  element, then one global atomic per non-empty bin. Triton's language has neither shared arrays nor
+  shared atomics, so the array is declared and updated by inline PTX (``red.shared.add``; counts compile
+  to a warp-aggregated ``ATOMS.POPC.INC``): CUDA only, up to 32 KB of bins (8,192 counts or f32 sums,
+  4,096 f64 sums). On H100 it runs 16M values into 1,000 bins in 33 us (histc) where ATen's histc
+  takes 75 us and ``private``'s ``tl.histogram`` (ballots) ~250 us.
 * ``atomic``: one global atomic per element: any number of bins.
 * ``twopass``: programs write private histograms to a ``[PROGRAMS, NB]`` workspace (no atomics; or,
   ``GLOBAL``, one relaxed atomic per element into their own zero-filled row of it, any bins), a
@@ -68,6 +74,7 @@ _MAX_N = 2**31 - 1
 _MAX_PRIVATE_BINS = 4096  # tl.histogram block; weighted one-hot sums: 256
 _MAX_PRIVATE_BINS_W = 256
 _H100_SMS = 132
+_MAX_SHARED_BYTES = 32768  # the shared template's static array (48 KB is PTX's static limit)
 _ONE_HOT = 2**13  # weighted private histograms: a BLOCK x NB one-hot tile (2**15 used all 255 registers)
 
 # ------------------------------------------------------------------------------------------------
@@ -268,11 +275,92 @@ def hist_reduce(
     tl.store(out_ptr + bins, acc.to(out_ptr.dtype.element_ty), mask=bm)
 '''
 
+SHARED_SOURCE = _HEADER + _COMMON + """
+
+@triton.jit
+def _smem_base(anchor, SMEM: tl.constexpr):
+    \"\"\"The shared-memory address of the kernel's one static bin array (SMEM bytes). Triton's language
+    has no shared arrays or shared atomics; PTX does: the declaration sits in an asm statement run once
+    per thread (on a scalar), so it appears once in the kernel, and its address is returned for the
+    other asm statements. Constexpr branches: one size per compiled kernel.\"\"\"
+    if SMEM <= 4096:
+        base = tl.inline_asm_elementwise(".shared .align 16 .b8 kv_hist_smem[4096]; mov.u32 $0, kv_hist_smem;",
+                                         "=r,r", [anchor], dtype=tl.int32, is_pure=False, pack=1)
+    elif SMEM <= 8192:
+        base = tl.inline_asm_elementwise(".shared .align 16 .b8 kv_hist_smem[8192]; mov.u32 $0, kv_hist_smem;",
+                                         "=r,r", [anchor], dtype=tl.int32, is_pure=False, pack=1)
+    elif SMEM <= 16384:
+        base = tl.inline_asm_elementwise(".shared .align 16 .b8 kv_hist_smem[16384]; mov.u32 $0, kv_hist_smem;",
+                                         "=r,r", [anchor], dtype=tl.int32, is_pure=False, pack=1)
+    else:
+        tl.static_assert(SMEM <= 32768, "shared bins: 32 KB at most")
+        base = tl.inline_asm_elementwise(".shared .align 16 .b8 kv_hist_smem[32768]; mov.u32 $0, kv_hist_smem;",
+                                         "=r,r", [anchor], dtype=tl.int32, is_pure=False, pack=1)
+    return base
+
+
+@triton.jit
+def hist_shared(""" + _SIGNATURE + """
+    BLOCK: tl.constexpr, NB: tl.constexpr, SMEM: tl.constexpr, OFF32: tl.constexpr,
+):
+    \"\"\"A shared-memory histogram per program (PTX red.shared: one shared atomic per counted element,
+    u32 counts or f32/f64 weight sums) over its tiles, then one global atomic per non-empty bin. CUDA
+    only (the interpreter cannot run PTX). Every asm statement has side effects (is_pure=False), so
+    none is moved across the barriers or dropped.\"\"\"
+    pid = tl.program_id(0).to(tl.int64)
+    lo, hi = _range(range_ptr, n_parts, lo_bits, hi_bits, KIND, DATA_RANGE, RPB)
+    base = _smem_base(tl.program_id(0), SMEM)
+    nb = tl.arange(0, NB)
+    if WEIGHTED and ACC == 2:
+        slot = base + nb * 8
+        tl.inline_asm_elementwise("st.shared.u64 [$1], 0; mov.u32 $0, 0;", "=r,r", [slot], dtype=tl.int32,
+                                  is_pure=False, pack=1)
+    else:
+        slot = base + nb * 4
+        tl.inline_asm_elementwise("st.shared.u32 [$1], 0; mov.u32 $0, 0;", "=r,r", [slot], dtype=tl.int32,
+                                  is_pure=False, pack=1)
+    tl.debug_barrier()
+    for s in range(pid * BLOCK, n, tl.num_programs(0) * BLOCK):
+        if OFF32:  # n + BLOCK < 2**31: 32-bit offsets and bounds checks (one instruction each, not two)
+            offs = s.to(tl.int32) + tl.arange(0, BLOCK)
+        else:
+            offs = s + tl.arange(0, BLOCK).to(tl.int64)
+        b, valid, w = _bins(x_ptr, w_ptr, offs, offs < n, lo, hi, nbins, wrap_a, wrap_b, OP, KIND, WRAP,
+                            WEIGHTED, ACC)
+        ok = valid.to(tl.int32)
+        if WEIGHTED:
+            if ACC == 1:
+                tl.inline_asm_elementwise(
+                    "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p red.shared.add.f32 [$1], $3; mov.u32 $0, 0; }",
+                    "=r,r,r,f", [base + b * 4, ok, w], dtype=tl.int32, is_pure=False, pack=1)
+            else:
+                tl.inline_asm_elementwise(
+                    "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p red.shared.add.f64 [$1], $3; mov.u32 $0, 0; }",
+                    "=r,r,r,d", [base + b * 8, ok, w], dtype=tl.int32, is_pure=False, pack=1)
+        else:
+            tl.inline_asm_elementwise(
+                "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p red.shared.add.u32 [$1], 1; mov.u32 $0, 0; }",
+                "=r,r,r", [base + b * 4, ok], dtype=tl.int32, is_pure=False, pack=1)
+    tl.debug_barrier()
+    if WEIGHTED:
+        if ACC == 1:
+            c = tl.inline_asm_elementwise("ld.shared.f32 $0, [$1];", "=f,r", [slot], dtype=tl.float32,
+                                          is_pure=False, pack=1)
+        else:
+            c = tl.inline_asm_elementwise("ld.shared.f64 $0, [$1];", "=d,r", [slot], dtype=tl.float64,
+                                          is_pure=False, pack=1)
+    else:
+        c = tl.inline_asm_elementwise("ld.shared.u32 $0, [$1];", "=r,r", [slot], dtype=tl.int32,
+                                      is_pure=False, pack=1)
+    tl.atomic_add(out_ptr + nb, c.to(out_ptr.dtype.element_ty), mask=(nb < nbins) & (c != 0), sem="relaxed")
+"""
+
 TEMPLATES: dict[str, tuple[str, str]] = {
     # template name -> (main kernel name, source)
     "private": ("hist_private", PRIVATE_SOURCE),
     "atomic": ("hist_atomic", ATOMIC_SOURCE),
     "twopass": ("hist_reduce", TWOPASS_SOURCE),
+    "shared": ("hist_shared", SHARED_SOURCE),
 }
 
 
@@ -309,6 +397,14 @@ def _acc_dtype(spec: OpSpec) -> torch.dtype:
 
 def _acc_code(dt: torch.dtype) -> int:
     return {torch.int64: 0, torch.float32: 1, torch.float64: 2}[dt]
+
+
+def _shared_bytes(spec: OpSpec) -> int:
+    """The ``shared`` template's bin array: the bins rounded up to a power of two, u32 counts or f32
+    sums (4 bytes) or f64 sums (8)."""
+    nb = _next_pow2(HistogramFamily.nbins(spec))
+    weighted = spec.op == BINCOUNT and spec.args[1] is not None
+    return nb * (8 if weighted and _acc_dtype(spec) == torch.float64 else 4)
 
 
 def _int_const(n: Any) -> int | None:
@@ -729,9 +825,19 @@ class HistogramFamily(OpFamily):
         def atomic(block: int, nw: int = 4) -> None:
             out.append(("atomic", dict(BLOCK=block, num_warps=nw, num_stages=1)))
 
+        def shared(block: int, progs: int, nw: int) -> None:
+            if _shared_bytes(spec) <= _MAX_SHARED_BYTES:
+                out.append(("shared", dict(BLOCK=block, PROGRAMS=progs, num_warps=nw, num_stages=1)))
+
         oh = max(16, min(1024, _ONE_HOT // nb))  # the one-hot tile's BLOCK
         if gpu:
             sms = _H100_SMS
+            # shared-memory bins first: one shared atomic per element, whatever the bins (up to 32 KB)
+            # (H100, 16M values, 1000 bins: 16 warps over big tiles ran best, 33 us for histc vs 44-71 at 4-8)
+            for blk, progs, nw in ((8192, 2 * sms, 16), (4096, 4 * sms, 16), (16384, 2 * sms, 16), (8192, 4 * sms, 16),
+                                   (8192, sms, 32), (16384, sms, 32), (2048, 4 * sms, 8), (4096, 2 * sms, 8),
+                                   (1024, 8 * sms, 4), (2048, 8 * sms, 8)):
+                shared(blk, progs, nw)
             if not fits(oh, True) and not fits(4096, False):
                 atomic(1024)
             if weighted:
@@ -787,7 +893,16 @@ class HistogramFamily(OpFamily):
         glob = template == "twopass" and bool(cfg.get("GLOBAL", False))
         if glob and onehot:
             raise ValueError("GLOBAL partials take one atomic per element: no one-hot tile")
-        if template != "atomic" and not glob:
+        if template == "shared":
+            if spec.device.type != "cuda":
+                raise ValueError("shared-memory bins are PTX: CUDA only (the interpreter cannot run them)")
+            if _shared_bytes(spec) > _MAX_SHARED_BYTES:
+                raise ValueError(f"{nbins} bins need {_shared_bytes(spec)} bytes of shared memory (> {_MAX_SHARED_BYTES})")
+            if block < 64 * nw:
+                # fewer elements than 2 per thread: Triton may replicate a tile across threads, and each
+                # copy would add its element again
+                raise ValueError(f"BLOCK={block} < 2 elements per thread of {nw} warps")
+        elif template != "atomic" and not glob:
             if nb > (_MAX_PRIVATE_BINS_W if weighted or onehot else _MAX_PRIVATE_BINS):
                 raise ValueError(f"{nbins} bins do not fit a private histogram")
             if (weighted or onehot) and block * nb > _ONE_HOT:
@@ -824,6 +939,9 @@ class HistogramFamily(OpFamily):
         if template == "private":
             main = Step("hist_private", (progs,), tuple(common + [("BLOCK", block), ("NB", nb), ("ONEHOT", onehot)]),
                         nw, ns)
+        elif template == "shared":
+            main = Step("hist_shared", (progs,), tuple(common + [
+                ("BLOCK", block), ("NB", nb), ("SMEM", _shared_bytes(spec)), ("OFF32", n + block < 2**31)]), nw, ns)
         elif template == "atomic":
             main = Step("hist_atomic", (tiles,), tuple(common + [("BLOCK", block)]), nw, ns)
         else:
