@@ -59,10 +59,12 @@ def template_cands(spec: OpSpec, pair: bool = False) -> dict[str, Candidate]:
         if t not in out:
             out[t] = Candidate(TEMPLATES[t][1], tuple(sorted(dict(small[t], num_warps=4, num_stages=1,
                                                                  TWO_PASS=True).items())), template=t)
-    # the NaN-absorbing two-reduction structure (TWO_PASS=2) of every template, always
-    out.update({f"{t}-nanmax": with_cfg(c, TWO_PASS=2) for t, c in list(out.items())})
     if pair:
         out.update({f"{t}-pair": with_cfg(c, TWO_PASS=False) for t, c in list(out.items())})
+    # the NaN-absorbing two-reduction structure (TWO_PASS=2) of every template, for floats: on integers
+    # it is TWO_PASS=1's computation (no NaN to absorb, the same max then first index)
+    if spec.args[0].torch_dtype.is_floating_point:
+        out.update({f"{t}-nanmax": with_cfg(c, TWO_PASS=2) for t, c in list(out.items()) if not t.endswith("-pair")})
     return out
 
 

@@ -349,6 +349,8 @@ specs = [  # the bench shapes, fp64 data range, weighted int32 with fp32 / fp16 
     fam.bincount_spec(e(1 << 20, dtype=torch.int32), e(1 << 20), 200, "clamp", 0, 199),
     fam.bincount_spec(e(1 << 20, dtype=torch.int32), e(1 << 20, dtype=torch.float16), 100000, "mod", 100000),
     fam.bincount_spec(e(1 << 20, dtype=torch.uint8), None, 64, "mod", 50),
+    # the largest input served: shared's 64-bit offsets (OFF32 off: n + BLOCK >= 2**31); no memory
+    fam.bincount_spec(torch.empty(2**31 - 1, dtype=torch.int32, device="meta"), None, 1000, "mod", 1000),
 ]
 
 
@@ -374,7 +376,8 @@ for spec, cand, plan, compiled in each_plan(fam, specs, pick):
         smem = "red%d/%d/decl%d" % (ptx.count("red.shared.add"),
                                      cand.cfg["BLOCK"] // (32 * cand.cfg["num_warps"]),
                                      ptx.count(".shared .align 16 .b8 kv_hist_smem"))
-        print("OK", spec.op, spec.args[0].dtype, cand.template, k, "ieee" if ieee else "-", smem,
+        off = "off32" if dict(plan.args).get("OFF32") else "off64"
+        print("OK", spec.op, spec.args[0].dtype, cand.template, k, "ieee" if ieee else "-", smem, off,
               resources(c.asm["cubin"]), dict(cand.config))
 print("EXPECT", expect)
 """
@@ -393,6 +396,7 @@ def test_kernels_compile_for_sm90(tmp_path) -> None:
     for f in shared:
         red, per, decl = f[6].split("/")
         assert red == f"red{per}" and decl == "decl1", " ".join(f)
+    assert {f[7] for f in shared} == {"off32", "off64"}, stdout  # both offset widths compiled
     assert f"EXPECT {len(lines)}" in stdout, stdout  # every step of every plan compiled
     fp32_bins = [ln for ln in lines if "histc" in ln and "float32" in ln and ln.split()[4] != "hist_reduce"]
     assert fp32_bins and all(ln.split()[5] == "ieee" for ln in fp32_bins), stdout

@@ -68,13 +68,15 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, what: str, exact: bool = 
     assert ok, f"{what}: max abs {mabs} rel {mrel} at {where}: {out.flatten()[:8]} vs {ref.flatten()[:8]}"
 
 
-def check(spec: OpSpec, cand: Candidate, inputs: list, what: str = "", exact: bool = False) -> None:
+def check(spec: OpSpec, cand: Candidate, inputs: list, what: str = "", exact: bool = False) -> torch.Tensor:
+    """The candidate's output, checked against the float64 reference (and eager against it)."""
     (o,) = launch(load_module(cand.source), FAM.call_plan(spec, cand), inputs, poison=True)
     (r,) = FAM.reference(spec, inputs)
     (e,) = FAM.eager(spec, inputs)
     assert o.is_contiguous()
     assert_close(e, r, f"{what}: eager vs reference", exact)
     assert_close(o, r, f"{what}: {cand.template} {cand.cfg}", exact)
+    return o
 
 
 # ------------------------------------------------------------------------------------------------
@@ -342,8 +344,7 @@ def test_logcumsumexp_fast_path_and_guard() -> None:
                     outs = {}
                     for fast in (0, 1):
                         c = with_cfg(cand, LSE_FAST=fast, **extra)
-                        check(spec, c, [layout], f"{dt} {t} fast={fast} {extra}")
-                        (outs[fast],) = launch(load_module(c.source), FAM.call_plan(spec, c), [layout])
+                        outs[fast] = check(spec, c, [layout], f"{dt} {t} fast={fast} {extra}")
                     if dim == 1:
                         assert not torch.equal(outs[0][0], outs[1][0]), f"{dt} {t}: the fast path did not run"
     plan = FAM.call_plan(FAM.spec_for(CUMSUM, x.float(), 1), template_cands(FAM.spec_for(CUMSUM, x.float(), 1))["rows"])
