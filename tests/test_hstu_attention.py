@@ -507,7 +507,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from torch_kevolve.families import get_family
 from torch_kevolve.families.base import In, Out, Ws
-from torch_kevolve.kernels import NoGpuToolchain, compile_for_gpu, load_module, step_signature
+from torch_kevolve.kernels import NoGpuToolchain, compile_for_gpu, divisibility_attrs, load_module, step_signature
 from torch_kevolve.spec import DeviceSig
 
 fam = get_family("hstu_attention")
@@ -526,15 +526,12 @@ def resources(c):
 
 
 def jit_like(mod, spec, plan):
-    # as the runtime JIT specializes a launch: 16-byte aligned pointers and ints divisible by 16 get
-    # tt.divisibility=16 (compile_for_gpu gives no such hints, so its loads are not pipelined)
+    # the main step as the runtime JIT specializes a launch (16-byte aligned pointers, ints divisible
+    # by 16: tt.divisibility=16), as compile_for_gpu compiles every step
     st = plan.main
-    fn = getattr(mod, st.kernel)
     sig, consts = step_signature(spec, plan, st)
-    names = list(fn.arg_names)
-    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n, v in st.args
-             if isinstance(v, (In, Out, Ws)) or (type(v) is int and v % 16 == 0 and sig[n] != "constexpr")}
-    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+    return triton.compile(ASTSource(fn=getattr(mod, st.kernel), signature=sig, constexprs=consts,
+                                    attrs=divisibility_attrs(mod, st, sig)),
                           target=GPUTarget("cuda", 90, 32), options={"num_warps": st.num_warps, "num_stages": st.num_stages})
 
 
