@@ -503,11 +503,8 @@ def test_einsum_form_served_end_to_end(store_dir, tmp_path) -> None:
 _SM90_SCRIPT = r"""
 import dataclasses, os, re, subprocess, sys, tempfile
 import torch, triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from torch_kevolve.families import get_family
-from torch_kevolve.families.base import In, Out, Ws
-from torch_kevolve.kernels import NoGpuToolchain, compile_for_gpu, divisibility_attrs, load_module, step_signature
+from torch_kevolve.kernels import NoGpuToolchain, compile_for_gpu, load_module
 from torch_kevolve.spec import DeviceSig
 
 fam = get_family("hstu_attention")
@@ -523,16 +520,6 @@ def resources(c):
     reg, stack = re.search(r"REG:(\d+)", r), re.search(r"STACK:(\d+)", r)
     return (reg and reg.group(1), stack and stack.group(1), c.metadata.shared,
             c.asm["ttgir"].count("async_copy_global_to_local"))
-
-
-def jit_like(mod, spec, plan):
-    # the main step as the runtime JIT specializes a launch (16-byte aligned pointers, ints divisible
-    # by 16: tt.divisibility=16), as compile_for_gpu compiles every step
-    st = plan.main
-    sig, consts = step_signature(spec, plan, st)
-    return triton.compile(ASTSource(fn=getattr(mod, st.kernel), signature=sig, constexprs=consts,
-                                    attrs=divisibility_attrs(mod, st, sig)),
-                          target=GPUTarget("cuda", 90, 32), options={"num_warps": st.num_warps, "num_stages": st.num_stages})
 
 
 e = torch.empty
@@ -564,14 +551,14 @@ for name, spec in specs:
             sys.exit(0)
         for k, c in compiled.items():
             assert c.asm.get("cubin"), (cand.template, k)
-            print("OK", name, cand.template, k, "hintless regs %s stack %s shared %s async %s" % resources(c), dict(cand.config))
+            print("OK", name, cand.template, k, "aligned regs %s stack %s shared %s async %s" % resources(c), dict(cand.config))
         if name in ("dense", "jagged"):
-            print("JIT", name, cand.template, plan.kernel, "regs %s stack %s shared %s async %s" % resources(jit_like(mod, spec, plan)))
+            print("JIT", name, cand.template, plan.kernel, "regs %s stack %s shared %s async %s" % resources(compiled[plan.kernel]))
     if name == "dense":  # the PTX tanh.approx variants (fp32 and bf16x2) assemble for sm_90
         for sig in (3, 4):
             cand = next(c for c in fam.candidates(spec) if c.cfg.get("SIGMOID") == sig)
             plan = fam.call_plan(spec, cand)
-            c = jit_like(load_module(cand.source, interpret=False), spec, plan)
+            c = compile_for_gpu(load_module(cand.source, interpret=False), spec, plan)[plan.kernel]
             assert "tanh.approx" in c.asm["ptx"], sig
             print("TANH", sig, "regs %s stack %s shared %s async %s" % resources(c))
 """
@@ -580,9 +567,10 @@ for name, spec in specs:
 def test_templates_compile_for_sm90(tmp_path) -> None:
     """Each template's default candidate compiles to sm_90 cubin (``compile_for_gpu``) for the bench's
     dense and jagged bf16 specs, strided fp32 with a drop mask and 3-D fp16 with a multiplier mask (no
-    GPU needed). Registers/spills are read back with cuobjdump. For the bf16 bench specs the kernels are
-    also compiled as the JIT specializes a launch (divisibility hints): loads pipelined (async copies),
-    no spills. Measured: split 128x64/8 warps 179 registers, flash 133, no stack (hintless: ~230-255)."""
+    GPU needed), as the runtime JIT specializes an aligned launch (``compile_for_gpu``'s divisibility
+    hints). Registers/spills are read back with cuobjdump; for the bf16 bench specs the main kernel's
+    loads are pipelined (async copies), with no spills. Measured: split 128x64/8 warps 179 registers,
+    flash 133, no stack (without the hints: ~230-255)."""
     import os
     import subprocess
     import sys

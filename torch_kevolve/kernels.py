@@ -268,13 +268,11 @@ def divisibility_attrs(module: ModuleType, step: Step, sig: dict) -> dict:
             if isinstance(v, (In, Out, Ws)) or (type(v) is int and v % 16 == 0 and sig[n] != "constexpr")}
 
 
-def compile_for_gpu(module: ModuleType, spec: "OpSpec", plan: CallPlan, arch: int = 90,
-                    aligned: bool = True) -> dict:
+def compile_for_gpu(module: ModuleType, spec: "OpSpec", plan: CallPlan, arch: int = 90) -> dict:
     """Compile every step of ``plan`` for ``sm_<arch>`` with Triton's CUDA backend, no GPU needed:
-    GPU-only compile errors and resource use (registers, spills) show up on a CPU machine. The module
-    must have been loaded with ``interpret=False``. ``aligned``: as the runtime JIT specializes the
-    common launch (:func:`divisibility_attrs`); off: the unaligned specialization (views at odd
-    offsets). Returns kernel name → compiled kernel."""
+    GPU-only compile errors and resource use (registers, spills) show up on a CPU machine. Each step is
+    specialized as the runtime JIT specializes the common, aligned launch (:func:`divisibility_attrs`).
+    The module must have been loaded with ``interpret=False``. Returns kernel name → compiled kernel."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -282,7 +280,7 @@ def compile_for_gpu(module: ModuleType, spec: "OpSpec", plan: CallPlan, arch: in
     out: dict = {}
     for step in plan.steps:
         sig, consts = step_signature(spec, plan, step)
-        attrs = divisibility_attrs(module, step, sig) if aligned else {}
+        attrs = divisibility_attrs(module, step, sig)
         try:
             out[step.kernel] = triton.compile(
                 ASTSource(fn=getattr(module, step.kernel), signature=sig, constexprs=consts, attrs=attrs),
